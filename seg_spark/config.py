@@ -1,0 +1,425 @@
+"""Typed, strict configuration.
+
+YAML files are deep-merged in order (an overlay names its base with ``extends:``,
+resolved next to the overlay, so ``conf/local.yaml`` pulls in ``conf/base.yaml``), then
+``--set dotted.key=value`` overrides are applied, then the result is validated into
+frozen pydantic models that reject unknown keys. Every error names the key path, the
+bad value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+
+class ConfigError(ValueError):
+    """Raised for any unreadable, unknown or invalid configuration value."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SparkSettings(_Strict):
+    """How the SparkSession is obtained.
+
+    Under spark-submit or on Databricks the given session and master are reused and
+    ``master``/``delta_packages`` are ignored; everything in ``conf`` is still applied.
+    """
+
+    app_name: str = "seg-spark"
+    master: str | None = Field(
+        default=None,
+        description="Master for the embedded default; null means local[*]. "
+        "Never applied when a master is already given (spark-submit, Databricks).",
+    )
+    shuffle_partitions: int | None = Field(
+        default=None, ge=1, description="null: 4 x cores in local mode (AQE coalesces)."
+    )
+    ui_enabled: bool = False
+    delta_packages: bool = Field(
+        default=True,
+        description="Resolve the Delta Lake JARs from Maven Central (cached in ~/.ivy2*) "
+        "when seg-spark starts Spark itself.",
+    )
+    driver_memory: str | None = "4g"
+    log_level: str = "WARN"
+    conf: dict[str, str] = Field(default_factory=dict, description="Any extra spark.* settings.")
+
+    @field_validator("conf", mode="before")
+    @classmethod
+    def _stringify(cls, value: Any) -> Any:
+        if isinstance(value, Mapping):
+            return {str(k): _spark_str(v) for k, v in value.items()}
+        return value
+
+
+class StorageSettings(_Strict):
+    """Where Delta tables live: ``<root>/<table name>``."""
+
+    root: str = "./seg-spark-local/warehouse"
+    database: str | None = Field(
+        default=None,
+        description="When set, tables are also registered in this catalog database "
+        "so SQL consumers can query them by name.",
+    )
+
+
+class TableNames(_Strict):
+    """Table names under ``storage.root`` (and in ``storage.database`` when set)."""
+
+    transactions_clean: str = "transactions_clean"
+    transactions_quarantine: str = "transactions_quarantine"
+    data_quality: str = "data_quality"
+    customer_features: str = "customer_features"
+    customer_segments: str = "customer_segments"
+
+
+class TrackingSettings(_Strict):
+    """MLflow: where runs and models are recorded."""
+
+    enabled: bool = True
+    tracking_uri: str | None = Field(
+        default="./seg-spark-local/mlruns",
+        description="MLflow tracking URI or local folder; null keeps MLflow's own default "
+        "(e.g. 'databricks' inside a Databricks job).",
+    )
+    experiment: str = "seg-spark"
+    log_model: bool = True
+    register_model: bool = Field(
+        default=True, description="Register the logged model under model.name in the registry."
+    )
+
+
+CANONICAL_COLUMNS: tuple[str, ...] = (
+    "customer_id",
+    "order_id",
+    "ts",
+    "product_id",
+    "description",
+    "category",
+    "channel",
+    "quantity",
+    "unit_price",
+    "amount",
+    "currency",
+    "discount",
+    "country",
+)
+
+
+class ColumnMapping(_Strict):
+    """Canonical column -> the source's own column name (null: not in the source)."""
+
+    customer_id: str = "customer_id"
+    order_id: str | None = "order_id"
+    ts: str = "ts"
+    product_id: str | None = "product_id"
+    description: str | None = "description"
+    category: str | None = "category"
+    channel: str | None = "channel"
+    quantity: str | None = "quantity"
+    unit_price: str | None = "unit_price"
+    amount: str | None = None
+    currency: str | None = None
+    discount: str | None = "discount"
+    country: str | None = "country"
+
+
+class SourceSettings(_Strict):
+    """One source: where it is, how to read it and how its columns map to ours."""
+
+    path: str | None = Field(
+        default=None,
+        description="File, folder or glob. null: generate a demo log (see `demo`).",
+    )
+    format: Literal["csv", "parquet", "json", "delta"] = "parquet"
+    options: dict[str, str] = Field(default_factory=dict, description="Spark reader options.")
+    timestamp_format: str | None = Field(default=None, description="Spark datetime pattern for string timestamps.")
+    columns: ColumnMapping = Field(default_factory=ColumnMapping)
+
+    @field_validator("options", mode="before")
+    @classmethod
+    def _stringify(cls, value: Any) -> Any:
+        if isinstance(value, Mapping):
+            return {str(k): _spark_str(v) for k, v in value.items()}
+        return value
+
+
+class SourcesSettings(_Strict):
+    """The input sources; only the transaction log is required."""
+
+    transactions: SourceSettings = Field(default_factory=SourceSettings)
+
+
+class MessRates(_Strict):
+    """Share of generated lines that get each kind of real-world mess."""
+
+    returns: float = Field(default=0.02, ge=0, le=0.5)
+    missing_customer_id: float = Field(default=0.01, ge=0, le=0.5)
+    duplicates: float = Field(default=0.005, ge=0, le=0.5)
+    bad_price: float = Field(default=0.003, ge=0, le=0.5)
+    future_timestamp: float = Field(default=0.001, ge=0, le=0.5)
+
+
+class GeneratorSettings(_Strict):
+    """The synthetic log: size, seed, window and mess."""
+
+    customers: int = Field(default=3000, ge=1)
+    days: int = Field(default=365, ge=1)
+    seed: int = 42
+    end_date: date | None = Field(
+        default=None, description="Last day of the log is the day before this; null: today (UTC)."
+    )
+    mess: MessRates = Field(default_factory=MessRates)
+
+
+class DemoSettings(_Strict):
+    """Used when no transaction source is configured: a log is generated first."""
+
+    out: str = "./seg-spark-local/demo"
+    generator: GeneratorSettings = Field(default_factory=GeneratorSettings)
+
+
+class QualitySettings(_Strict):
+    """Cleaning rules applied at ingestion."""
+
+    drop_exact_duplicates: bool = True
+    clock: datetime | None = Field(
+        default=None, description="The time the run treats as now (UTC); null: the wall clock."
+    )
+    future_tolerance_hours: float = Field(
+        default=0.0, ge=0, description="Timestamps later than the run's clock + this are rejected."
+    )
+    min_timestamp: date | None = Field(default=date(1990, 1, 1))
+    cancellation_prefix: str | None = Field(
+        default="C", description="Order ids starting with this are returns/cancellations."
+    )
+
+
+class FeatureSettings(_Strict):
+    """Feature computation."""
+
+    as_of_date: date | None = Field(
+        default=None,
+        description="Features use events strictly before this date. null: the day after the last clean transaction.",
+    )
+
+
+RFM_FEATURES: tuple[str, ...] = (
+    "recency_days",
+    "frequency",
+    "monetary",
+    "avg_order_value",
+    "tenure_days",
+)
+
+
+class ModelSettings(_Strict):
+    """The segmentation model."""
+
+    name: str = "seg-spark-segments"
+    algorithm: Literal["kmeans"] = "kmeans"
+    k: int = Field(default=6, ge=2)
+    max_iter: int = Field(default=50, ge=1)
+    tol: float = Field(default=1e-4, ge=0)
+    seed: int = 42
+    features: tuple[str, ...] = RFM_FEATURES
+    log1p_features: tuple[str, ...] = ("recency_days", "frequency", "monetary", "avg_order_value", "tenure_days")
+
+    @field_validator("features", "log1p_features")
+    @classmethod
+    def _known_features(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [f for f in value if f not in RFM_FEATURES]
+        if unknown:
+            raise ValueError(f"unknown feature(s) {unknown}; allowed: {list(RFM_FEATURES)}")
+        return value
+
+
+class RunSettings(_Strict):
+    """Identity of one run."""
+
+    run_id: str | None = Field(default=None, description="null: a new uuid per run.")
+
+
+class Settings(_Strict):
+    """The whole configuration of a seg-spark run."""
+
+    spark: SparkSettings = Field(default_factory=SparkSettings)
+    storage: StorageSettings = Field(default_factory=StorageSettings)
+    tables: TableNames = Field(default_factory=TableNames)
+    tracking: TrackingSettings = Field(default_factory=TrackingSettings)
+    sources: SourcesSettings = Field(default_factory=SourcesSettings)
+    demo: DemoSettings = Field(default_factory=DemoSettings)
+    quality: QualitySettings = Field(default_factory=QualitySettings)
+    features: FeatureSettings = Field(default_factory=FeatureSettings)
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    run: RunSettings = Field(default_factory=RunSettings)
+
+    def table_path(self, table: str) -> str:
+        """Storage location of one of the configured tables (by its key in ``tables``)."""
+        name = getattr(self.tables, table)
+        return _join(self.storage.root, name)
+
+    def with_overrides(self, overrides: Iterable[str]) -> Settings:
+        """A copy with ``dotted.key=value`` overrides applied and validated again."""
+        data = self.model_dump(mode="json")
+        for item in overrides:
+            _apply_override(data, item, origin="override")
+        return _validate(data, origin="overrides")
+
+
+def _spark_str(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _join(root: str, name: str) -> str:
+    if "://" not in root and not root.startswith(("dbfs:", "file:")):
+        # Local folders become absolute so catalog LOCATIONs and logs are unambiguous.
+        root = str(Path(root).expanduser().resolve())
+    return root.rstrip("/") + "/" + name
+
+
+def deep_merge(base: Mapping[str, Any], overlay: Mapping[str, Any]) -> dict[str, Any]:
+    """Merge ``overlay`` into ``base``: mappings merge key by key, anything else replaces."""
+    merged: dict[str, Any] = dict(base)
+    for key, value in overlay.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read one YAML file, first merging the files it ``extends`` (relative to it)."""
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist (pass an existing YAML file to --config)")
+    if path.resolve() in seen:
+        chain = " -> ".join(str(p) for p in (*seen, path.resolve()))
+        raise ConfigError(f"config files extend each other in a loop: {chain}")
+    try:
+        data = yaml.safe_load(os.path.expandvars(path.read_text(encoding="utf-8")))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"config file {path} must hold a mapping of sections at the top level, found {type(data).__name__}"
+        )
+    parents = data.pop("extends", None) or []
+    if isinstance(parents, str):
+        parents = [parents]
+    merged: dict[str, Any] = {}
+    for parent in parents:
+        merged = deep_merge(merged, _read_yaml(path.parent / parent, (*seen, path.resolve())))
+    return deep_merge(merged, data)
+
+
+def _override_path(key: str) -> list[str]:
+    """Split a dotted key; inside a free-form mapping (``spark.conf``) the rest is one key."""
+    parts = key.split(".")
+    model: type[BaseModel] | None = Settings
+    for i, part in enumerate(parts):
+        field = model.model_fields.get(part) if model else None
+        if field is None:
+            return parts
+        annotation = field.annotation
+        if getattr(annotation, "__origin__", None) is dict:
+            rest = ".".join(parts[i + 1 :])
+            return [*parts[: i + 1], rest] if rest else parts
+        model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+    return parts
+
+
+def _apply_override(data: dict[str, Any], item: str, origin: str) -> None:
+    key, sep, raw = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"{origin} {item!r} must look like dotted.key=value, e.g. model.k=8")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    node = data
+    parts = _override_path(key)
+    for depth, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            where = ".".join(parts[: depth + 1])
+            raise ConfigError(f"{origin} {item!r}: {where} is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _model_at(loc: Sequence[Any]) -> type[BaseModel] | None:
+    """The pydantic model class that holds the field at ``loc`` (for listing allowed keys)."""
+    model: type[BaseModel] = Settings
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        annotation = field.annotation if field else None
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            model = annotation
+        else:
+            return None
+    return model
+
+
+def _format_errors(exc: ValidationError, origin: str) -> str:
+    lines = [f"invalid configuration ({origin}):"]
+    for err in exc.errors():
+        loc = err["loc"]
+        path = ".".join(str(p) for p in loc)
+        if err["type"] == "extra_forbidden":
+            model = _model_at(loc)
+            allowed = sorted(model.model_fields) if model else []
+            lines.append(f"  {path}: unknown key; allowed keys here: {', '.join(allowed)}")
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            lines.append(f"  {path} = {err.get('input')!r}: {msg}")
+    return "\n".join(lines)
+
+
+def _validate(data: Mapping[str, Any], origin: str) -> Settings:
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, origin)) from None
+
+
+def load_config(paths: Sequence[str | Path] = (), overrides: Sequence[str] = ()) -> Settings:
+    """Load, merge and validate configuration.
+
+    Args:
+        paths: YAML files merged in order; later files win. A file may name the files it
+            builds on with ``extends:`` (a path or list of paths relative to it).
+            With no files at all, the defaults (identical to ``conf/base.yaml``) apply.
+        overrides: ``dotted.key=value`` strings applied last (values parsed as YAML).
+
+    Returns:
+        The validated, frozen settings.
+
+    Raises:
+        ConfigError: A file is missing or malformed, or a key or value is invalid.
+    """
+    data: dict[str, Any] = {}
+    for path in paths:
+        data = deep_merge(data, _read_yaml(Path(path)))
+    for item in overrides:
+        _apply_override(data, item, origin="--set")
+    origin = " + ".join(str(p) for p in paths) or "defaults"
+    if overrides:
+        origin += " + --set " + " ".join(overrides)
+    return _validate(data, origin)

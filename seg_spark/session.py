@@ -1,0 +1,116 @@
+"""The one SparkSession factory.
+
+Two situations, told apart without guessing from paths:
+
+* **A session is active** (Databricks, a notebook, a test): reuse it as it is; only
+  runtime-modifiable settings from ``spark.conf`` are applied.
+* **A master is given** (a Python driver launched by ``spark-submit``, which sets
+  ``PYSPARK_GATEWAY_PORT``): create the session without touching master, resources or
+  JARs (those are the launcher's, e.g. ``--packages`` for Delta); only the Delta SQL
+  extension and catalog, UTC and ``spark.conf`` from config are set.
+* **Nothing is given** (a laptop, a test, a notebook): start the embedded default,
+  ``local[*]`` with Delta Lake (JARs resolved from Maven Central on first use and cached
+  in the Ivy cache), AQE, shuffle partitions sized for the machine, UTC, UI off.
+
+Everything set here can be overridden with ``spark.conf`` in config.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from pyspark.sql import SparkSession
+
+from seg_spark.config import SparkSettings
+
+log = logging.getLogger(__name__)
+
+DELTA_SQL_CONF = {
+    "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
+    "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
+}
+
+
+def launched_by_spark_submit() -> bool:
+    """True when this Python driver runs inside a JVM started by spark-submit/pyspark."""
+    return "PYSPARK_GATEWAY_PORT" in os.environ
+
+
+def embedded_conf(settings: SparkSettings, cores: int | None = None) -> dict[str, str]:
+    """Spark settings for the embedded local default, config overrides applied last.
+
+    Args:
+        settings: The ``spark`` section of the configuration.
+        cores: Cores to size for; defaults to this machine's.
+
+    Returns:
+        A flat mapping of Spark configuration keys to values.
+    """
+    cores = cores or os.cpu_count() or 2
+    conf = {
+        **DELTA_SQL_CONF,
+        "spark.sql.adaptive.enabled": "true",
+        "spark.sql.adaptive.coalescePartitions.enabled": "true",
+        "spark.sql.shuffle.partitions": str(settings.shuffle_partitions or 4 * cores),
+        "spark.default.parallelism": str(settings.shuffle_partitions or 4 * cores),
+        "spark.sql.session.timeZone": "UTC",
+        "spark.driver.extraJavaOptions": "-Duser.timezone=UTC",
+        "spark.executor.extraJavaOptions": "-Duser.timezone=UTC",
+        "spark.ui.enabled": "true" if settings.ui_enabled else "false",
+        "spark.ui.showConsoleProgress": "false",
+        # Delta's small metadata tables do not need a 200-partition shuffle per commit.
+        "spark.databricks.delta.snapshotPartitions": "2",
+        "spark.sql.sources.partitionOverwriteMode": "dynamic",
+    }
+    if settings.driver_memory:
+        conf["spark.driver.memory"] = settings.driver_memory
+    conf.update(settings.conf)
+    return conf
+
+
+def _delta_packages() -> str:
+    """The Maven coordinate of the Delta JAR matching the installed delta-spark/pyspark."""
+    from delta import configure_spark_with_delta_pip
+
+    builder = configure_spark_with_delta_pip(SparkSession.builder)
+    return builder._options["spark.jars.packages"]  # noqa: SLF001 - the helper's only output
+
+
+def get_spark(settings: SparkSettings | None = None) -> SparkSession:
+    """Return the SparkSession for seg-spark, reusing a given one.
+
+    Args:
+        settings: The ``spark`` section of the configuration (defaults when None).
+
+    Returns:
+        An active SparkSession with Delta Lake enabled where seg-spark started it.
+    """
+    settings = settings or SparkSettings()
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        # Only runtime-settable options can change on a running session (Databricks, notebooks).
+        for key, value in settings.conf.items():
+            if active.conf.isModifiable(key):
+                active.conf.set(key, value)
+        log.info("reusing the active Spark session (master %s)", active.sparkContext.master)
+        return active
+
+    builder = SparkSession.builder.appName(settings.app_name)
+    if launched_by_spark_submit():
+        # The launcher owns master, resources and JARs (--packages); add only what seg-spark
+        # needs from the session itself, then the user's own settings.
+        conf = {**DELTA_SQL_CONF, "spark.sql.session.timeZone": "UTC", **settings.conf}
+        where = "the master given to spark-submit"
+    else:
+        builder = builder.master(settings.master or "local[*]")
+        conf = embedded_conf(settings)
+        if settings.delta_packages and "spark.jars.packages" not in settings.conf:
+            conf["spark.jars.packages"] = _delta_packages()
+        where = f"embedded Spark ({settings.master or 'local[*]'})"
+    for key, value in conf.items():
+        builder = builder.config(key, value)
+    log.info("starting %s", where)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel(settings.log_level)
+    return spark

@@ -1,0 +1,127 @@
+from datetime import date
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+from pyspark.sql import functions as F
+from pyspark.testing import assertDataFrameEqual
+
+from seg_spark.config import load_config
+from seg_spark.pipeline import run_pipeline
+from seg_spark.tracking import resolve_tracking_uri
+
+END = date(2026, 1, 1)
+
+
+@pytest.fixture(scope="module")
+def settings(tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e")
+    return load_config(
+        [],
+        [
+            f"storage.root={root}/warehouse",
+            f"tracking.tracking_uri={root}/mlruns",
+            f"demo.out={root}/demo",
+            "demo.generator.customers=1500",
+            f"demo.generator.end_date={END}",
+            "quality.clock=2026-01-01T00:00:00",
+            "storage.database=seg_e2e",
+            "run.run_id=e2e-run-1",
+        ],
+    )
+
+
+@pytest.fixture(scope="module")
+def first_run(spark, settings):
+    try:
+        yield run_pipeline(spark, settings)
+    finally:
+        mlflow.set_tracking_uri(None)
+
+
+def test_run_reconciles_and_writes_the_clean_and_quarantine_tables(spark, first_run):
+    counts = first_run.counts
+    assert counts.input_rows == counts.clean_rows + counts.quarantined_rows + counts.duplicates_removed
+    assert counts.duplicates_removed > 0
+    assert set(counts.by_reason) == {"missing_customer_id", "non_positive_price", "future_timestamp"}
+    clean = spark.read.format("delta").load(first_run.tables["transactions_clean"])
+    quarantine = spark.read.format("delta").load(first_run.tables["transactions_quarantine"])
+    assert clean.count() == counts.clean_rows
+    by_reason = {r["reason_code"]: r["count"] for r in quarantine.groupBy("reason_code").count().collect()}
+    assert by_reason == counts.by_reason
+    dq = spark.read.format("delta").load(first_run.tables["data_quality"])
+    assert dq.filter("metric = 'input_rows'").first()["value"] == counts.input_rows
+
+
+def test_features_table_is_per_customer_as_of_the_day_after_the_last_sale(spark, first_run):
+    assert first_run.as_of_date == END
+    features = spark.read.format("delta").load(first_run.tables["customer_features"])
+    assert features.select("as_of_date", "run_id").distinct().collect() == [(END, "e2e-run-1")]
+    assert features.count() == features.select("customer_id").distinct().count()
+    stats = features.agg(F.min("recency_days"), F.min("frequency"), F.max("tenure_days")).first()
+    assert stats[0] >= 1 and stats[1] >= 0 and stats[2] <= 365
+
+
+def test_segments_table_carries_lineage_and_recovers_planted_archetypes(spark, first_run, settings):
+    segments = spark.read.format("delta").load(first_run.tables["customer_segments"])
+    assert segments.columns == ["customer_id", "segment_id", "as_of_date", "run_id", "model_name", "model_version"]
+    assert segments.select("segment_id").distinct().count() == settings.model.k
+    lineage = segments.select("as_of_date", "run_id", "model_name", "model_version").distinct().collect()
+    assert lineage == [(END, "e2e-run-1", "seg-spark-segments", first_run.model_version)]
+    assert first_run.metrics["ari_vs_planted"] >= 0.6
+    assert sum(row["customers"] for row in first_run.segment_summary) == segments.count()
+    assert spark.sql("SELECT count(*) FROM seg_e2e.customer_segments").first()[0] == segments.count()
+
+
+def test_mlflow_run_has_config_metrics_and_a_loadable_model(spark, first_run, settings):
+    uri, _ = resolve_tracking_uri(settings.tracking.tracking_uri)
+    client = MlflowClient(tracking_uri=uri)
+    run = client.get_run(first_run.mlflow_run_id)
+    assert run.data.params["model.k"] == "6"
+    assert run.data.params["storage.root"] == settings.storage.root
+    assert run.data.metrics["input_rows"] == first_run.counts.input_rows
+    assert run.data.metrics["silhouette"] == pytest.approx(first_run.metrics["silhouette"])
+    assert run.data.tags["as_of_date"] == END.isoformat()
+    version = client.get_model_version(settings.model.name, first_run.model_version)
+    assert version.run_id == first_run.mlflow_run_id
+
+    import mlflow.spark
+
+    mlflow.set_tracking_uri(uri)
+    model = mlflow.spark.load_model(first_run.model_uri)
+    features = spark.read.format("delta").load(first_run.tables["customer_features"]).filter("frequency > 0")
+    rescored = model.transform(features).select("customer_id", F.col("segment_id").cast("int"))
+    published = spark.read.format("delta").load(first_run.tables["customer_segments"])
+    assertDataFrameEqual(rescored, published.select("customer_id", "segment_id"))
+
+
+def test_rerun_for_the_same_as_of_date_replaces_rather_than_duplicates(spark, first_run, settings):
+    rerun = settings.with_overrides(["run.run_id=e2e-run-2"])
+    try:
+        second = run_pipeline(spark, rerun)
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert second.as_of_date == first_run.as_of_date
+    for table in ("customer_features", "customer_segments"):
+        df = spark.read.format("delta").load(second.tables[table])
+        assert df.count() == df.select("customer_id").distinct().count(), table
+        assert [r[0] for r in df.select("run_id").distinct().collect()] == ["e2e-run-2"], table
+    segments = spark.read.format("delta").load(second.tables["customer_segments"])
+    assert segments.count() == int(first_run.metrics["customers_modelled"])
+    assert second.model_version == str(int(first_run.model_version) + 1)
+    # The replaced rows stay reachable through Delta time travel.
+    earlier = spark.read.format("delta").option("versionAsOf", 0).load(second.tables["customer_segments"])
+    assert [r[0] for r in earlier.select("run_id").distinct().collect()] == ["e2e-run-1"]
+
+
+def test_a_later_as_of_date_adds_a_partition(spark, first_run, settings):
+    later = settings.with_overrides(["run.run_id=e2e-run-3", "features.as_of_date=2025-12-01"])
+    try:
+        run_pipeline(spark, later)
+    finally:
+        mlflow.set_tracking_uri(None)
+    features = spark.read.format("delta").load(first_run.tables["customer_features"])
+    dates = sorted(r[0] for r in features.select("as_of_date").distinct().collect())
+    assert dates == [date(2025, 12, 1), END]
+    recent = features.filter(F.col("as_of_date") == date(2025, 12, 1)).agg(F.min("recency_days")).first()[0]
+    assert recent >= 1

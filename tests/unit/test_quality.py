@@ -1,0 +1,199 @@
+import json
+from datetime import datetime
+
+import pytest
+from pyspark.sql import functions as F
+from pyspark.testing import assertDataFrameEqual
+
+from seg_spark.config import ColumnMapping, QualitySettings, SourceSettings
+from seg_spark.quality import IngestCounts, MappingError, ReconciliationError, ingest, quality_rows
+
+CLOCK = datetime(2024, 6, 1)
+RAW_SCHEMA = (
+    "`Invoice No` string, `Customer ID` string, `Invoice Date` string, Qty string, Price string, StockCode string"
+)
+MAPPING = ColumnMapping(
+    customer_id="Customer ID",
+    order_id="Invoice No",
+    ts="Invoice Date",
+    quantity="Qty",
+    unit_price="Price",
+    product_id="StockCode",
+    description=None,
+    category=None,
+    channel=None,
+    discount=None,
+    country=None,
+)
+SOURCE = SourceSettings(path="inline", format="csv", timestamp_format="yyyy-MM-dd HH:mm", columns=MAPPING)
+QUALITY = QualitySettings(clock=CLOCK, min_timestamp="2010-01-01")
+
+ROWS = [
+    ("1001", "17850", "2024-01-05 10:00", "2", "3.50", "A"),  # clean
+    ("1001", "17850", "2024-01-05 10:00", "2", "3.50", "A"),  # exact duplicate of the line above
+    ("1001", "17850", "2024-01-05 10:00", "2", "3.50", "A"),  # and another
+    ("C1002", "17850", "2024-01-07 09:00", "-1", "3.50", "A"),  # return: clean, negative amount
+    ("1003", None, "2024-01-08 11:00", "1", "2.00", "B"),  # missing customer
+    ("1004", "  ", "2024-01-08 11:00", "1", "2.00", "B"),  # blank customer
+    ("1005", "13047", "not a date", "1", "2.00", "B"),  # unparseable timestamp
+    ("1006", "13047", "2030-01-01 00:00", "1", "2.00", "B"),  # future
+    ("1007", "13047", "2001-01-01 00:00", "1", "2.00", "B"),  # before floor
+    ("1008", "13047", "2024-02-01 12:00", "two", "2.00", "B"),  # non-numeric quantity
+    ("1009", "13047", "2024-02-01 12:00", "1", "0", "B"),  # zero price
+    ("1010", "13047", "2024-02-01 12:00", "1", "-5", "B"),  # negative price
+    ("1011", "13047", "2024-02-02 12:00", "3", "1.25", "C"),  # clean
+]
+
+
+@pytest.fixture(scope="module")
+def result(spark):
+    raw = spark.createDataFrame(ROWS, RAW_SCHEMA)
+    outcome = ingest(raw, SOURCE, QUALITY, run_id="r1")
+    clean = outcome.clean.cache()
+    quarantine = outcome.quarantine.cache()
+    clean.count(), quarantine.count()
+    outcome.release()
+    return outcome.counts, clean, quarantine
+
+
+def test_every_row_is_accounted_for(result):
+    counts, clean, quarantine = result
+    assert counts == IngestCounts(
+        input_rows=13,
+        clean_rows=3,
+        quarantined_rows=8,
+        duplicates_removed=2,
+        by_reason={
+            "missing_customer_id": 2,
+            "invalid_timestamp": 1,
+            "future_timestamp": 1,
+            "before_min_timestamp": 1,
+            "invalid_number": 1,
+            "non_positive_price": 2,
+        },
+    )
+    assert clean.count() == 3 and quarantine.count() == 8
+
+
+def test_clean_rows_are_canonical_with_returns_kept_negative(spark, result):
+    _, clean, _ = result
+    expected = spark.createDataFrame(
+        [
+            ("17850", "1001", datetime(2024, 1, 5, 10), "A", 2.0, 3.5, 7.0, False),
+            ("17850", "C1002", datetime(2024, 1, 7, 9), "A", -1.0, 3.5, -3.5, True),
+            ("13047", "1011", datetime(2024, 2, 2, 12), "C", 3.0, 1.25, 3.75, False),
+        ],
+        "customer_id string, order_id string, ts timestamp, product_id string, quantity double, "
+        "unit_price double, amount double, is_return boolean",
+    )
+    assertDataFrameEqual(clean.select(*expected.columns), expected)
+    assert clean.select(F.countDistinct("ingest_run_id")).first()[0] == 1
+
+
+def test_quarantine_keeps_original_values_and_reason(result):
+    _, _, quarantine = result
+    rows = {r["raw_record"]: r["reason_code"] for r in quarantine.collect()}
+    by_invoice = {json.loads(k)["Invoice No"]: v for k, v in rows.items()}
+    assert by_invoice == {
+        "1003": "missing_customer_id",
+        "1004": "missing_customer_id",
+        "1005": "invalid_timestamp",
+        "1006": "future_timestamp",
+        "1007": "before_min_timestamp",
+        "1008": "invalid_number",
+        "1009": "non_positive_price",
+        "1010": "non_positive_price",
+    }
+    original = json.loads(next(k for k in rows if '"1008"' in k))
+    assert original == {
+        "Invoice No": "1008",
+        "Customer ID": "13047",
+        "Invoice Date": "2024-02-01 12:00",
+        "Qty": "two",
+        "Price": "2.00",
+        "StockCode": "B",
+    }
+
+
+def test_duplicates_are_kept_when_collapsing_is_off(spark):
+    raw = spark.createDataFrame(ROWS[:3], RAW_SCHEMA)
+    outcome = ingest(raw, SOURCE, QUALITY.model_copy(update={"drop_exact_duplicates": False}), run_id="r2")
+    assert outcome.counts.clean_rows == 3 and outcome.counts.duplicates_removed == 0
+    outcome.release()
+
+
+def test_amount_column_is_used_when_mapped_and_returns_turn_negative(spark):
+    raw = spark.createDataFrame(
+        [("o1", "c1", "2024-01-01 10:00", "12.5"), ("Co2", "c1", "2024-01-02 10:00", "4")],
+        "oid string, cid string, t string, total string",
+    )
+    source = SourceSettings(
+        path="inline",
+        timestamp_format="yyyy-MM-dd HH:mm",
+        columns=ColumnMapping(
+            customer_id="cid",
+            order_id="oid",
+            ts="t",
+            amount="total",
+            quantity=None,
+            unit_price=None,
+            product_id=None,
+            description=None,
+            category=None,
+            channel=None,
+            discount=None,
+            country=None,
+        ),
+    )
+    outcome = ingest(raw, source, QUALITY, run_id="r3")
+    amounts = {r["order_id"]: (r["amount"], r["is_return"]) for r in outcome.clean.collect()}
+    outcome.release()
+    assert amounts == {"o1": (12.5, False), "Co2": (-4.0, True)}
+
+
+def test_mapping_to_a_missing_column_names_it_and_the_alternatives(spark):
+    raw = spark.createDataFrame([("1", "2")], "cust string, when string")
+    source = SourceSettings(path="/data/tx.csv", columns=MAPPING)
+    with pytest.raises(MappingError) as err:
+        ingest(raw, source, QUALITY, run_id="r4")
+    message = str(err.value)
+    assert "sources.transactions.columns.customer_id maps to column 'Customer ID'" in message
+    assert "Available columns: cust, when" in message
+    assert "/data/tx.csv" in message
+
+
+def test_mapping_without_any_amount_is_rejected(spark):
+    raw = spark.createDataFrame([("1", "2")], "cust string, t string")
+    columns = ColumnMapping(
+        customer_id="cust",
+        ts="t",
+        order_id=None,
+        product_id=None,
+        description=None,
+        category=None,
+        channel=None,
+        quantity=None,
+        unit_price=None,
+        discount=None,
+        country=None,
+    )
+    with pytest.raises(MappingError, match="no line amount can be derived"):
+        ingest(raw, SourceSettings(path="x", columns=columns), QUALITY, run_id="r5")
+
+
+def test_reconciliation_failure_is_loud():
+    counts = IngestCounts(input_rows=10, clean_rows=5, quarantined_rows=3, duplicates_removed=1)
+    with pytest.raises(ReconciliationError, match="10 input rows but 9 accounted for"):
+        counts.check("sources.transactions")
+
+
+def test_quality_rows_report_each_rule(spark, result):
+    counts, _, _ = result
+    table = {
+        r["metric"]: (r["value"], round(r["share_of_input"], 4))
+        for r in quality_rows(spark, counts, "r1", "tx").collect()
+    }
+    assert table["input_rows"] == (13, 1.0)
+    assert table["duplicates_removed"] == (2, round(2 / 13, 4))
+    assert table["rule:non_positive_price"] == (2, round(2 / 13, 4))
+    assert table["rule:missing_amount"] == (0, 0.0)
