@@ -133,14 +133,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     from seg_spark.io import SourceError
     from seg_spark.models.clustering import ModelInputError
-    from seg_spark.quality import MappingError, ReconciliationError
+    from seg_spark.privacy import PrivacyError
+    from seg_spark.quality import MappingError, QualityThresholdError, ReconciliationError
 
     try:
         return {"run": _run, "generate": _generate}[args.command](args)
     except ConfigError as exc:
         print(f"seg-spark: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    except (SourceError, MappingError, ReconciliationError, ModelInputError) as exc:
+    except (
+        SourceError,
+        MappingError,
+        ReconciliationError,
+        QualityThresholdError,
+        PrivacyError,
+        ModelInputError,
+    ) as exc:
         print(f"seg-spark: {exc}", file=sys.stderr)
         return EXIT_DATA
 

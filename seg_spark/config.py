@@ -78,6 +78,8 @@ class TableNames(_Strict):
     transactions_clean: str = "transactions_clean"
     transactions_quarantine: str = "transactions_quarantine"
     data_quality: str = "data_quality"
+    customer_profiles: str = "customer_profiles"
+    events_clean: str = "events_clean"
     customer_features: str = "customer_features"
     customer_segments: str = "customer_segments"
 
@@ -131,19 +133,48 @@ class ColumnMapping(_Strict):
     currency: str | None = None
     discount: str | None = "discount"
     country: str | None = "country"
+    status: str | None = Field(default=None, description="Order/line status column, for return detection.")
 
 
-class SourceSettings(_Strict):
-    """One source: where it is, how to read it and how its columns map to ours."""
+class ProfileMapping(_Strict):
+    """Customer-profile columns: canonical name -> the source's column (null: absent)."""
 
-    path: str | None = Field(
-        default=None,
-        description="File, folder or glob. null: generate a demo log (see `demo`).",
-    )
+    customer_id: str = "customer_id"
+    age_band: str | None = None
+    gender: str | None = None
+    signup_date: str | None = None
+    country: str | None = None
+    region: str | None = None
+    city: str | None = None
+
+
+class EventMapping(_Strict):
+    """Web/app event columns: canonical name -> the source's column (null: absent)."""
+
+    customer_id: str = "customer_id"
+    ts: str = "ts"
+    session_id: str | None = "session_id"
+    event_type: str | None = "event_type"
+
+
+class SourceBase(_Strict):
+    """What every source has: location, format, reader options, malformed-line and PII handling."""
+
+    path: str | None = Field(default=None, description="File, folder (partitioned or not) or glob.")
+    table: str | None = Field(default=None, description="Catalog table name instead of a path (e.g. Delta).")
     format: Literal["csv", "parquet", "json", "delta"] = "parquet"
-    options: dict[str, str] = Field(default_factory=dict, description="Spark reader options.")
+    options: dict[str, str] = Field(
+        default_factory=dict,
+        description="Spark reader options, e.g. {sep: ';', encoding: ISO-8859-1, header: true}.",
+    )
     timestamp_format: str | None = Field(default=None, description="Spark datetime pattern for string timestamps.")
-    columns: ColumnMapping = Field(default_factory=ColumnMapping)
+    on_malformed: Literal["quarantine", "fail"] = Field(
+        default="quarantine",
+        description="CSV/JSON lines that cannot be parsed: quarantine them, or fail the run naming the line.",
+    )
+    drop_columns: tuple[str, ...] = Field(
+        default=(), description="PII columns dropped at ingestion, before anything is written."
+    )
 
     @field_validator("options", mode="before")
     @classmethod
@@ -152,11 +183,39 @@ class SourceSettings(_Strict):
             return {str(k): _spark_str(v) for k, v in value.items()}
         return value
 
+    @property
+    def location(self) -> str:
+        """Where the source is, for messages."""
+        return self.table or self.path or "<not configured>"
+
+
+class SourceSettings(SourceBase):
+    """The transaction log: where it is, how to read it and how its columns map to ours.
+
+    ``path`` null (and no ``table``): a demo log is generated (see ``demo``).
+    """
+
+    columns: ColumnMapping = Field(default_factory=ColumnMapping)
+
+
+class ProfileSourceSettings(SourceBase):
+    """Optional customer profiles (demographics, geography), one row per customer."""
+
+    columns: ProfileMapping = Field(default_factory=ProfileMapping)
+
+
+class EventSourceSettings(SourceBase):
+    """Optional web/app events (sessions, page views)."""
+
+    columns: EventMapping = Field(default_factory=EventMapping)
+
 
 class SourcesSettings(_Strict):
     """The input sources; only the transaction log is required."""
 
     transactions: SourceSettings = Field(default_factory=SourceSettings)
+    profiles: ProfileSourceSettings | None = None
+    events: EventSourceSettings | None = None
 
 
 class MessRates(_Strict):
@@ -188,6 +247,35 @@ class DemoSettings(_Strict):
     generator: GeneratorSettings = Field(default_factory=GeneratorSettings)
 
 
+class NonProductRules(_Strict):
+    """Lines that are not product sales (postage, fees, bad-debt adjustments)."""
+
+    product_ids: tuple[str, ...] = Field(default=(), description="Exact product ids, e.g. [POST, BANK CHARGES].")
+    product_id_pattern: str | None = Field(default=None, description="Java regex on the product id.")
+    description_pattern: str | None = Field(default=None, description="Java regex on the description.")
+    order_id_prefixes: tuple[str, ...] = Field(default=(), description="e.g. [A] for bad-debt adjustments.")
+
+
+class OutlierRule(_Strict):
+    """Flag (never drop) clean lines whose absolute value is extreme."""
+
+    enabled: bool = True
+    column: Literal["amount", "quantity", "unit_price"] = "amount"
+    quantile: float = Field(default=0.999, gt=0, lt=1)
+    multiplier: float = Field(default=10.0, gt=0, description="Flag |value| > multiplier x quantile of |value|.")
+
+
+class Thresholds(_Strict):
+    """Fail the run, before any model is touched, when the data looks this bad."""
+
+    max_quarantined_share: float = Field(default=0.5, ge=0, le=1)
+    max_rule_share: dict[str, float] = Field(
+        default_factory=dict, description="Per reason code, e.g. {missing_customer_id: 0.3}."
+    )
+    min_clean_rows: int = Field(default=1, ge=0)
+    min_clean_customers: int = Field(default=1, ge=0)
+
+
 class QualitySettings(_Strict):
     """Cleaning rules applied at ingestion."""
 
@@ -201,6 +289,23 @@ class QualitySettings(_Strict):
     min_timestamp: date | None = Field(default=date(1990, 1, 1))
     cancellation_prefix: str | None = Field(
         default="C", description="Order ids starting with this are returns/cancellations."
+    )
+    return_statuses: tuple[str, ...] = Field(
+        default=("returned", "cancelled", "canceled", "refunded"),
+        description="Values of the mapped status column (case-insensitive) that mark a return.",
+    )
+    non_product: NonProductRules = Field(default_factory=NonProductRules)
+    outliers: OutlierRule = Field(default_factory=OutlierRule)
+    thresholds: Thresholds = Field(default_factory=Thresholds)
+
+
+class PrivacySettings(_Strict):
+    """Pseudonymisation of customer ids with a keyed hash (HMAC-SHA256)."""
+
+    pseudonymise_customer_id: bool = False
+    key_env: str = Field(
+        default="SEG_SPARK_PSEUDONYM_KEY",
+        description="Environment variable holding the key; the key itself is never written anywhere.",
     )
 
 
@@ -259,6 +364,7 @@ class Settings(_Strict):
     sources: SourcesSettings = Field(default_factory=SourcesSettings)
     demo: DemoSettings = Field(default_factory=DemoSettings)
     quality: QualitySettings = Field(default_factory=QualitySettings)
+    privacy: PrivacySettings = Field(default_factory=PrivacySettings)
     features: FeatureSettings = Field(default_factory=FeatureSettings)
     model: ModelSettings = Field(default_factory=ModelSettings)
     run: RunSettings = Field(default_factory=RunSettings)

@@ -5,44 +5,100 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from pyspark.errors import AnalysisException
+from py4j.protocol import Py4JJavaError
+from pyspark.errors import AnalysisException, PySparkException
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import types as T
 
-from seg_spark.config import SourceSettings
+from seg_spark.config import SourceBase
 
 log = logging.getLogger(__name__)
+
+
+CORRUPT_RECORD = "_corrupt_record"
 
 
 class SourceError(ValueError):
     """A configured source cannot be read as configured; the message says what to change."""
 
 
-def read_source(spark: SparkSession, source: SourceSettings, name: str) -> DataFrame:
+def spark_error_summary(exc: BaseException) -> str:
+    """The headline and the root cause of a Spark/Java error, without the JVM stack trace."""
+    lines = [ln.strip() for ln in str(exc).strip().splitlines()]
+    lines = [ln for ln in lines if ln and not ln.startswith(("at ", "...", "JVM stacktrace"))]
+    headline = next((ln for ln in lines if not ln.startswith("An error occurred while calling")), "")
+    causes = [ln.removeprefix("Caused by: ") for ln in lines if ln.startswith("Caused by:")]
+    parts = [headline] + causes[-1:]
+    text = " Cause: ".join(_drop_class(p) for p in parts if p)
+    return text[:800]
+
+
+def _drop_class(line: str) -> str:
+    """'org.apache.spark.SparkException: [X] msg' -> '[X] msg'."""
+    head, sep, rest = line.lstrip(": ").partition(": ")
+    return rest if sep and "." in head and " " not in head else line.lstrip(": ")
+
+
+def _csv_string_schema(spark: SparkSession, source: SourceBase, options: dict[str, str]) -> T.StructType:
+    """All columns of the CSV header as strings, plus the corrupt-record column."""
+    header = spark.read.options(**options).csv(source.path).columns
+    return T.StructType(
+        [T.StructField(c, T.StringType()) for c in header] + [T.StructField(CORRUPT_RECORD, T.StringType())]
+    )
+
+
+def read_source(spark: SparkSession, source: SourceBase, name: str) -> DataFrame:
     """Read a configured source as-is (no mapping, no casting).
+
+    CSV is read with every column as text so that nothing is lost to type inference;
+    with ``on_malformed: quarantine`` lines that cannot be parsed keep their text in a
+    ``_corrupt_record`` column (CSV and JSON) for the quarantine.
 
     Args:
         spark: The session.
-        source: The source's settings (path, format, reader options).
+        source: The source's settings (path or table, format, reader options).
         name: The source's key in config, used in error messages.
 
     Returns:
-        The source's rows with the source's own column names and types.
+        The source's rows with the source's own column names.
 
     Raises:
-        SourceError: No path is configured, or Spark cannot read the path.
+        SourceError: No location is configured, or Spark cannot read it.
     """
+    where = f"sources.{name}"
+    if source.table:
+        try:
+            return spark.read.table(source.table)
+        except AnalysisException as exc:
+            raise SourceError(
+                f"cannot read {where}.table {source.table!r}: {spark_error_summary(exc)}. "
+                f"Check the table name (database.table) or use {where}.path instead."
+            ) from None
     if not source.path:
-        raise SourceError(f"sources.{name}.path is not set: point it at a file, folder or glob")
-    reader = spark.read.format(source.format).options(**source.options)
-    if source.format == "csv":
-        reader = reader.option("header", source.options.get("header", "true"))
+        raise SourceError(f"{where}.path is not set: point it at a file, folder or glob (or set {where}.table)")
+    options = dict(source.options)
     try:
-        return reader.load(source.path)
-    except AnalysisException as exc:
-        first_line = str(exc).strip().splitlines()[0]
+        if source.format == "csv":
+            options.setdefault("header", "true")
+            reader = spark.read.options(**options)
+            if source.on_malformed == "fail":
+                return reader.option("mode", "FAILFAST").csv(source.path)
+            schema = _csv_string_schema(spark, source, options)
+            return (
+                reader.schema(schema)
+                .option("mode", "PERMISSIVE")
+                .option("columnNameOfCorruptRecord", CORRUPT_RECORD)
+                .csv(source.path)
+            )
+        if source.format == "json":
+            mode = "FAILFAST" if source.on_malformed == "fail" else "PERMISSIVE"
+            options.setdefault("columnNameOfCorruptRecord", CORRUPT_RECORD)
+            return spark.read.options(**options).option("mode", mode).json(source.path)
+        return spark.read.format(source.format).options(**options).load(source.path)
+    except (AnalysisException, PySparkException, Py4JJavaError) as exc:
         raise SourceError(
-            f"cannot read sources.{name} at {source.path!r} as {source.format}: {first_line}. "
-            f"Check sources.{name}.path and sources.{name}.format in your YAML."
+            f"cannot read {where} at {source.path!r} as {source.format}: {spark_error_summary(exc)}. "
+            f"Check {where}.path and {where}.format in your YAML."
         ) from None
 
 
@@ -74,8 +130,11 @@ def write_delta(
     writer = df.write.format("delta").mode("overwrite")
     if partition_by:
         writer = writer.partitionBy(*partition_by)
-    # A full replace may change the schema; a partial one must match the table's.
-    writer = writer.option("replaceWhere", replace_where) if replace_where else writer.option("overwriteSchema", "true")
+    # A full replace may change the schema; a partial one may add columns (new side tables).
+    if replace_where:
+        writer = writer.option("replaceWhere", replace_where).option("mergeSchema", "true")
+    else:
+        writer = writer.option("overwriteSchema", "true")
     log.debug("writing Delta table %s (replaceWhere=%s)", path, replace_where)
     writer.save(path)
 

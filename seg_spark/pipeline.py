@@ -18,10 +18,12 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from seg_spark import io, quality, synth, tracking
-from seg_spark.config import Settings, SourceSettings
+from seg_spark.config import Settings, SourceBase, SourceSettings
 from seg_spark.features.rfm import rfm_features
+from seg_spark.features.side import with_events, with_profiles
 from seg_spark.models import clustering
 from seg_spark.models.validation import adjusted_rand_index
+from seg_spark.privacy import pseudonym_key
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +107,40 @@ def _segment_summary(segments: DataFrame, features: tuple[str, ...]) -> list[dic
     return [r.asDict() for r in rows]
 
 
+SIDE_TABLES = {"profiles": "customer_profiles", "events": "events_clean"}
+
+
+def _ingest_source(
+    spark: SparkSession,
+    settings: Settings,
+    run_id: str,
+    name: str,
+    raw: DataFrame,
+    source: SourceBase,
+    key: bytes | None,
+    paths: dict[str, str],
+) -> quality.IngestResult:
+    """Clean one source, write its clean rows, its quarantine and its DQ rows; log to MLflow."""
+    if name == "transactions":
+        result = quality.ingest(raw, source, settings.quality, run_id, name, key)
+        clean_table = "transactions_clean"
+    elif name == "profiles":
+        result = quality.ingest_profiles(raw, source, run_id, key)
+        clean_table = SIDE_TABLES[name]
+    else:
+        result = quality.ingest_events(raw, source, settings.quality, run_id, key)
+        clean_table = SIDE_TABLES[name]
+    this_run = f"run_id = '{run_id}' AND source = '{name}'"
+    try:
+        io.write_delta(result.clean, paths[clean_table])
+        io.write_delta(result.quarantine, paths["transactions_quarantine"], replace_where=this_run)
+    finally:
+        result.release()
+    io.write_delta(quality.quality_rows(spark, result, run_id), paths["data_quality"], replace_where=this_run)
+    tracking.log_metrics(quality.quality_metrics(result))
+    return result
+
+
 def run_pipeline(spark: SparkSession, settings: Settings) -> RunResult:
     """Run ingest, features, segmentation and publishing once.
 
@@ -124,8 +160,9 @@ def run_pipeline(spark: SparkSession, settings: Settings) -> RunResult:
 
     progress.stage("reading the transaction source")
     source, truth_path = settings.sources.transactions, None
-    if source.path is None:
+    if source.path is None and source.table is None:
         source, truth_path = demo_source(spark, settings)
+    key = pseudonym_key(settings.privacy) if settings.privacy.pseudonymise_customer_id else None
     raw = io.read_source(spark, source, "transactions")
 
     with tracking.tracked_run(
@@ -133,34 +170,29 @@ def run_pipeline(spark: SparkSession, settings: Settings) -> RunResult:
         run_name=f"pipeline-{run_id[:8]}",
         tags={"seg_spark.run_id": run_id, "spark.master": spark.sparkContext.master},
     ) as mlflow_run_id:
-        progress.stage("cleaning: mapping, rules, quarantine")
-        ingested = quality.ingest(raw, source, settings.quality, run_id)
-        io.write_delta(ingested.clean, paths["transactions_clean"])
-        io.write_delta(ingested.quarantine, paths["transactions_quarantine"], replace_where=f"run_id = '{run_id}'")
-        ingested.release()
+        progress.stage("cleaning: mapping, rules, quarantine, data quality")
+        ingested = _ingest_source(spark, settings, run_id, "transactions", raw, source, key, paths)
         counts = ingested.counts
-        io.write_delta(
-            quality.quality_rows(spark, counts, run_id, "transactions"),
-            paths["data_quality"],
-            replace_where=f"run_id = '{run_id}'",
-        )
-        tracking.log_metrics(
-            {
-                "input_rows": counts.input_rows,
-                "clean_rows": counts.clean_rows,
-                "quarantined_rows": counts.quarantined_rows,
-                "duplicates_removed": counts.duplicates_removed,
-                **{f"quarantined.{k}": v for k, v in counts.by_reason.items()},
-            }
-        )
+        written = ["transactions_clean", "transactions_quarantine", "data_quality"]
+        for side in ("profiles", "events"):
+            side_source = getattr(settings.sources, side)
+            if side_source is not None:
+                side_raw = io.read_source(spark, side_source, side)
+                _ingest_source(spark, settings, run_id, side, side_raw, side_source, key, paths)
+                written.append(SIDE_TABLES[side])
+        # Stop before any model is touched; the quarantine and DQ rows are already written.
+        quality.check_thresholds(ingested, settings.quality.thresholds)
 
         progress.stage("features: RFM per customer")
         clean = io.read_delta(spark, paths["transactions_clean"])
         as_of = settings.features.as_of_date or default_as_of(clean)
         as_of_filter = f"as_of_date = '{as_of.isoformat()}'"
-        features = rfm_features(clean, as_of).select(
-            "*", F.lit(as_of).alias("as_of_date"), F.lit(run_id).alias("run_id")
-        )
+        features = rfm_features(clean, as_of)
+        if "customer_profiles" in written:
+            features = with_profiles(features, io.read_delta(spark, paths["customer_profiles"]), as_of)
+        if "events_clean" in written:
+            features = with_events(features, io.read_delta(spark, paths["events_clean"]), as_of)
+        features = features.select("*", F.lit(as_of).alias("as_of_date"), F.lit(run_id).alias("run_id"))
         io.write_delta(features, paths["customer_features"], partition_by=["as_of_date"], replace_where=as_of_filter)
 
         progress.stage(f"segmenting: k-means, k={settings.model.k}")
@@ -197,13 +229,15 @@ def run_pipeline(spark: SparkSession, settings: Settings) -> RunResult:
             .join(stored.drop("run_id", "as_of_date"), "customer_id")
         )
         summary = _segment_summary(published, settings.model.features)
-        if truth_path:
+        if truth_path and key is None:
             truth = spark.read.parquet(truth_path)
             metrics["ari_vs_planted"] = adjusted_rand_index(
                 published.join(truth, "customer_id"), "archetype", "segment_id"
             )
+        written += ["customer_features", "customer_segments"]
         if settings.storage.database:
-            for name, path in paths.items():
+            for name in written:
+                path = paths[name]
                 io.register_table(spark, settings.storage.database, getattr(settings.tables, name), path)
         tracking.log_metrics(metrics)
         tracking.log_summary({"segments": summary}, "segment_summary.json", tags={"as_of_date": as_of.isoformat()})
@@ -213,7 +247,7 @@ def run_pipeline(spark: SparkSession, settings: Settings) -> RunResult:
     return RunResult(
         run_id=run_id,
         as_of_date=as_of,
-        tables=paths,
+        tables={name: paths[name] for name in written},
         counts=counts,
         metrics=metrics,
         segment_summary=summary,

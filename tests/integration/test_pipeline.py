@@ -79,7 +79,8 @@ def test_mlflow_run_has_config_metrics_and_a_loadable_model(spark, first_run, se
     run = client.get_run(first_run.mlflow_run_id)
     assert run.data.params["model.k"] == "6"
     assert run.data.params["storage.root"] == settings.storage.root
-    assert run.data.metrics["input_rows"] == first_run.counts.input_rows
+    assert run.data.metrics["transactions.input_rows"] == first_run.counts.input_rows
+    assert run.data.metrics["transactions.customers_clean"] == 1500
     assert run.data.metrics["silhouette"] == pytest.approx(first_run.metrics["silhouette"])
     assert run.data.tags["as_of_date"] == END.isoformat()
     version = client.get_model_version(settings.model.name, first_run.model_version)

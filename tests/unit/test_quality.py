@@ -5,8 +5,23 @@ import pytest
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
-from seg_spark.config import ColumnMapping, QualitySettings, SourceSettings
-from seg_spark.quality import IngestCounts, MappingError, ReconciliationError, ingest, quality_rows
+from seg_spark.config import (
+    ColumnMapping,
+    NonProductRules,
+    OutlierRule,
+    QualitySettings,
+    SourceSettings,
+    Thresholds,
+)
+from seg_spark.quality import (
+    IngestCounts,
+    MappingError,
+    QualityThresholdError,
+    ReconciliationError,
+    check_thresholds,
+    ingest,
+    quality_rows,
+)
 
 CLOCK = datetime(2024, 6, 1)
 RAW_SCHEMA = (
@@ -187,13 +202,93 @@ def test_reconciliation_failure_is_loud():
         counts.check("sources.transactions")
 
 
-def test_quality_rows_report_each_rule(spark, result):
-    counts, _, _ = result
-    table = {
-        r["metric"]: (r["value"], round(r["share_of_input"], 4))
-        for r in quality_rows(spark, counts, "r1", "tx").collect()
-    }
-    assert table["input_rows"] == (13, 1.0)
-    assert table["duplicates_removed"] == (2, round(2 / 13, 4))
-    assert table["rule:non_positive_price"] == (2, round(2 / 13, 4))
-    assert table["rule:missing_amount"] == (0, 0.0)
+def test_quality_rows_report_each_rule_and_the_profile(spark, result):
+    counts, clean, _ = result
+    outcome_rows = {}
+    raw = spark.createDataFrame(ROWS, RAW_SCHEMA)
+    outcome = ingest(raw, SOURCE, QUALITY, run_id="r1")
+    for r in quality_rows(spark, outcome, "r1").collect():
+        outcome_rows[(r["metric"], r["column"])] = r["value"] if r["text"] is None else r["text"]
+    outcome.release()
+    assert outcome_rows[("input_rows", "")] == 13
+    assert outcome_rows[("duplicates_removed", "")] == 2
+    assert outcome_rows[("rule", "non_positive_price")] == 2
+    assert outcome_rows[("rule_share", "non_positive_price")] == pytest.approx(2 / 13)
+    assert outcome_rows[("rule", "missing_amount")] == 0
+    # 11 distinct rows; customer id null on two of them
+    assert outcome_rows[("null_rate", "customer_id")] == pytest.approx(2 / 11)
+    assert outcome_rows[("min", "amount")] == -3.5 and outcome_rows[("max", "amount")] == 7.0
+    assert outcome_rows[("min", "ts")] == "2024-01-05T10:00:00"
+    assert outcome_rows[("max", "ts")] == "2024-02-02T12:00:00"
+    assert outcome_rows[("days_covered", "")] == 3
+    assert outcome_rows[("customers_in", "")] == 2 and outcome_rows[("customers_clean", "")] == 2
+    assert outcome_rows[("returns_kept", "")] == 1
+
+
+def test_non_product_lines_statuses_and_outliers(spark):
+    rows = [(str(i), "c1", "2024-01-01 10:00", "1", "2.0", f"P{i % 3}", "ok", "MUG") for i in range(40)]
+    rows += [
+        ("100", "c1", "2024-01-02 10:00", "1", "5.0", "POST", "ok", "POSTAGE"),
+        ("101", "c1", "2024-01-02 10:00", "1", "5.0", "X1", "ok", "Bank charges"),
+        ("A102", "c2", "2024-01-02 10:00", "1", "5.0", "B", "ok", "Adjust bad debt"),
+        ("103", "c2", "2024-01-03 10:00", "1", "4.0", "P1", "Returned", "MUG"),
+        ("104", "c2", "2024-01-03 10:00", "500", "2.0", "P2", "ok", "MUG"),
+    ]
+    raw = spark.createDataFrame(
+        rows, "inv string, cust string, t string, q string, p string, sku string, st string, d string"
+    )
+    source = SourceSettings(
+        path="inline",
+        timestamp_format="yyyy-MM-dd HH:mm",
+        columns=ColumnMapping(
+            customer_id="cust",
+            order_id="inv",
+            ts="t",
+            quantity="q",
+            unit_price="p",
+            product_id="sku",
+            description="d",
+            status="st",
+            category=None,
+            channel=None,
+            discount=None,
+            country=None,
+        ),
+    )
+    quality = QUALITY.model_copy(
+        update={
+            "non_product": NonProductRules(
+                product_ids=("POST",), description_pattern="(?i)bank charges", order_id_prefixes=("A",)
+            ),
+            "outliers": OutlierRule(column="amount", quantile=0.9, multiplier=10),
+        }
+    )
+    outcome = ingest(raw, source, quality, run_id="r6")
+    assert outcome.counts.by_reason == {"non_product": 3}
+    clean = {r["order_id"]: (r["is_return"], r["is_outlier"], r["amount"]) for r in outcome.clean.collect()}
+    outcome.release()
+    assert clean["103"] == (True, False, -4.0)  # status column marks the return
+    assert clean["104"] == (False, True, 1000.0)  # 1000 > 10 x p90 (2.0): flagged, kept
+    assert sum(flag for _, flag, _ in clean.values()) == 1
+    assert outcome.profile[("outlier_threshold", "")] == 20.0
+    assert outcome.profile[("outliers_flagged", "")] == 1
+
+
+def test_thresholds_stop_the_run_naming_every_breach(spark, result):
+    raw = spark.createDataFrame(ROWS, RAW_SCHEMA)
+    outcome = ingest(raw, SOURCE, QUALITY, run_id="r7")
+    outcome.release()
+    check_thresholds(outcome, Thresholds(max_quarantined_share=0.7))
+    with pytest.raises(QualityThresholdError) as err:
+        check_thresholds(
+            outcome,
+            Thresholds(max_quarantined_share=0.3, max_rule_share={"missing_customer_id": 0.1}, min_clean_rows=5),
+        )
+    message = str(err.value)
+    assert "61.5% of input rows quarantined (8 of 13)" in message
+    assert "more than quality.thresholds.max_quarantined_share = 30.0%" in message
+    assert "rule missing_customer_id quarantined 15.4% of input rows" in message
+    assert "3 clean rows, fewer than quality.thresholds.min_clean_rows = 5" in message
+    assert "nothing was modelled" in message
+    with pytest.raises(QualityThresholdError, match="unknown rule"):
+        check_thresholds(outcome, Thresholds(max_rule_share={"typo": 0.1}))
