@@ -13,14 +13,30 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import date, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
 
 class ConfigError(ValueError):
     """Raised for any unreadable, unknown or invalid configuration value."""
+
+
+def _spark_str(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _spark_options(value: Any) -> Any:
+    """YAML gives booleans and numbers; Spark options are strings ('true', '4')."""
+    if isinstance(value, Mapping):
+        return {str(k): _spark_str(v) for k, v in value.items()}
+    return value
+
+
+SparkOptions = Annotated[dict[str, str], BeforeValidator(_spark_options)]
 
 
 class _Strict(BaseModel):
@@ -51,14 +67,7 @@ class SparkSettings(_Strict):
     )
     driver_memory: str | None = "4g"
     log_level: str = "WARN"
-    conf: dict[str, str] = Field(default_factory=dict, description="Any extra spark.* settings.")
-
-    @field_validator("conf", mode="before")
-    @classmethod
-    def _stringify(cls, value: Any) -> Any:
-        if isinstance(value, Mapping):
-            return {str(k): _spark_str(v) for k, v in value.items()}
-        return value
+    conf: SparkOptions = Field(default_factory=dict, description="Any extra spark.* settings.")
 
 
 class StorageSettings(_Strict):
@@ -163,7 +172,7 @@ class SourceBase(_Strict):
     path: str | None = Field(default=None, description="File, folder (partitioned or not) or glob.")
     table: str | None = Field(default=None, description="Catalog table name instead of a path (e.g. Delta).")
     format: Literal["csv", "parquet", "json", "delta"] = "parquet"
-    options: dict[str, str] = Field(
+    options: SparkOptions = Field(
         default_factory=dict,
         description="Spark reader options, e.g. {sep: ';', encoding: ISO-8859-1, header: true}.",
     )
@@ -175,13 +184,6 @@ class SourceBase(_Strict):
     drop_columns: tuple[str, ...] = Field(
         default=(), description="PII columns dropped at ingestion, before anything is written."
     )
-
-    @field_validator("options", mode="before")
-    @classmethod
-    def _stringify(cls, value: Any) -> Any:
-        if isinstance(value, Mapping):
-            return {str(k): _spark_str(v) for k, v in value.items()}
-        return value
 
     @property
     def location(self) -> str:
@@ -380,12 +382,6 @@ class Settings(_Strict):
         for item in overrides:
             _apply_override(data, item, origin="override")
         return _validate(data, origin="overrides")
-
-
-def _spark_str(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
 
 
 def _join(root: str, name: str) -> str:

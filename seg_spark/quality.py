@@ -514,6 +514,9 @@ def ingest(
             f"{where} ({source.location}): no line amount can be derived: map {where}.columns.amount, "
             "or both quantity and unit_price."
         )
+    unmapped = [c for c, column in m.model_dump().items() if column is None]
+    if unmapped:
+        log.info("%s maps no %s: features that need them are skipped", where, ", ".join(unmapped))
     clock = quality.clock or datetime.now(UTC)
     labelled, counts = _ingest(
         raw,

@@ -117,3 +117,21 @@ def test_table_paths_are_absolute_for_local_roots(tmp_path):
     assert settings.table_path("customer_segments") == f"{tmp_path}/wh/segs"
     remote = load_config([], ["storage.root=s3a://bucket/lake/"])
     assert remote.table_path("customer_features") == "s3a://bucket/lake/customer_features"
+
+
+def _keys(node, prefix=""):
+    if isinstance(node, dict) and node:
+        return {k for key, value in node.items() for k in _keys(value, f"{prefix}{key}.")}
+    return {prefix.rstrip(".")}
+
+
+def test_base_yaml_lists_every_key():
+    import yaml
+
+    written = yaml.safe_load((CONF / "base.yaml").read_text())
+    assert _keys(written) == _keys(Settings().model_dump(mode="json"))
+
+
+def test_example_configs_validate():
+    for path in sorted((CONF / "examples").glob("*.yaml")):
+        assert load_config([path]).sources.transactions.path, path

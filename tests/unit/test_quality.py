@@ -57,6 +57,7 @@ ROWS = [
     ("1009", "13047", "2024-02-01 12:00", "1", "0", "B"),  # zero price
     ("1010", "13047", "2024-02-01 12:00", "1", "-5", "B"),  # negative price
     ("1011", "13047", "2024-02-02 12:00", "3", "1.25", "C"),  # clean
+    ("1012", "13047", "2024-02-02 12:00", None, "1.25", "C"),  # no quantity: no amount
 ]
 
 
@@ -74,9 +75,9 @@ def result(spark):
 def test_every_row_is_accounted_for(result):
     counts, clean, quarantine = result
     assert counts == IngestCounts(
-        input_rows=13,
+        input_rows=14,
         clean_rows=3,
-        quarantined_rows=8,
+        quarantined_rows=9,
         duplicates_removed=2,
         by_reason={
             "missing_customer_id": 2,
@@ -84,10 +85,11 @@ def test_every_row_is_accounted_for(result):
             "future_timestamp": 1,
             "before_min_timestamp": 1,
             "invalid_number": 1,
+            "missing_amount": 1,
             "non_positive_price": 2,
         },
     )
-    assert clean.count() == 3 and quarantine.count() == 8
+    assert clean.count() == 3 and quarantine.count() == 9
 
 
 def test_clean_rows_are_canonical_with_returns_kept_negative(spark, result):
@@ -118,6 +120,7 @@ def test_quarantine_keeps_original_values_and_reason(result):
         "1008": "invalid_number",
         "1009": "non_positive_price",
         "1010": "non_positive_price",
+        "1012": "missing_amount",
     }
     original = json.loads(next(k for k in rows if '"1008"' in k))
     assert original == {
@@ -210,13 +213,15 @@ def test_quality_rows_report_each_rule_and_the_profile(spark, result):
     for r in quality_rows(spark, outcome, "r1").collect():
         outcome_rows[(r["metric"], r["column"])] = r["value"] if r["text"] is None else r["text"]
     outcome.release()
-    assert outcome_rows[("input_rows", "")] == 13
+    assert outcome_rows[("input_rows", "")] == 14
     assert outcome_rows[("duplicates_removed", "")] == 2
     assert outcome_rows[("rule", "non_positive_price")] == 2
-    assert outcome_rows[("rule_share", "non_positive_price")] == pytest.approx(2 / 13)
-    assert outcome_rows[("rule", "missing_amount")] == 0
-    # 11 distinct rows; customer id null on two of them
-    assert outcome_rows[("null_rate", "customer_id")] == pytest.approx(2 / 11)
+    assert outcome_rows[("rule_share", "non_positive_price")] == pytest.approx(2 / 14)
+    assert outcome_rows[("rule", "missing_amount")] == 1
+    assert outcome_rows[("rule", "non_product")] == 0
+    # 12 distinct rows; customer id null on two of them, quantity on one
+    assert outcome_rows[("null_rate", "customer_id")] == pytest.approx(2 / 12)
+    assert outcome_rows[("null_rate", "quantity")] == pytest.approx(2 / 12)  # "two" and None
     assert outcome_rows[("min", "amount")] == -3.5 and outcome_rows[("max", "amount")] == 7.0
     assert outcome_rows[("min", "ts")] == "2024-01-05T10:00:00"
     assert outcome_rows[("max", "ts")] == "2024-02-02T12:00:00"
@@ -285,9 +290,9 @@ def test_thresholds_stop_the_run_naming_every_breach(spark, result):
             Thresholds(max_quarantined_share=0.3, max_rule_share={"missing_customer_id": 0.1}, min_clean_rows=5),
         )
     message = str(err.value)
-    assert "61.5% of input rows quarantined (8 of 13)" in message
+    assert "64.3% of input rows quarantined (9 of 14)" in message
     assert "more than quality.thresholds.max_quarantined_share = 30.0%" in message
-    assert "rule missing_customer_id quarantined 15.4% of input rows" in message
+    assert "rule missing_customer_id quarantined 14.3% of input rows" in message
     assert "3 clean rows, fewer than quality.thresholds.min_clean_rows = 5" in message
     assert "nothing was modelled" in message
     with pytest.raises(QualityThresholdError, match="unknown rule"):
