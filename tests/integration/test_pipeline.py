@@ -126,3 +126,51 @@ def test_a_later_as_of_date_adds_a_partition(spark, first_run, settings):
     assert dates == [date(2025, 12, 1), END]
     recent = features.filter(F.col("as_of_date") == date(2025, 12, 1)).agg(F.min("recency_days")).first()[0]
     assert recent >= 1
+
+
+def test_profiles_and_events_flow_into_features(spark, first_run, settings, tmp_path):
+    demo = settings.demo.out
+    truth = spark.read.parquet(f"{demo}/truth")
+    truth.selectExpr("customer_id AS cust", "'UK' AS ctry", "'2020-01-0' || (archetype_id + 1) AS since").write.parquet(
+        str(tmp_path / "profiles")
+    )
+    events = spark.createDataFrame(
+        [
+            ("10000000", "2025-11-10 10:00:00", "s1"),
+            ("10000000", "2025-11-10 10:01:00", "s1"),
+            ("10000000", "2025-11-12 09:00:00", "s2"),
+            ("10000000", "2025-11-20 09:00:00", "s3"),  # on/after as-of 2025-11-15: not counted
+            (None, "2025-11-10 10:00:00", "s9"),  # quarantined
+        ],
+        "user string, at string, session string",
+    )
+    events.write.json(str(tmp_path / "events"))
+    with_sides = settings.with_overrides(
+        [
+            "run.run_id=e2e-run-4",
+            "features.as_of_date=2025-11-15",
+            f"sources.profiles.path={tmp_path / 'profiles'}",
+            "sources.profiles.timestamp_format=yyyy-MM-dd",
+            "sources.profiles.columns={customer_id: cust, country: ctry, signup_date: since}",
+            f"sources.events.path={tmp_path / 'events'}",
+            "sources.events.format=json",
+            "sources.events.columns={customer_id: user, ts: at, session_id: session, event_type: null}",
+        ]
+    )
+    try:
+        result = run_pipeline(spark, with_sides)
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert {"customer_profiles", "events_clean"} <= set(result.tables)
+    features = spark.read.format("delta").load(result.tables["customer_features"]).filter("as_of_date = '2025-11-15'")
+    row = features.filter("customer_id = '10000000'").first()
+    expected_signup = 1 + truth.filter("customer_id = '10000000'").first()["archetype_id"]
+    assert row["profile_country"] == "UK"
+    assert row["days_since_signup"] == (date(2025, 11, 15) - date(2020, 1, expected_signup)).days
+    assert (row["web_events"], row["web_sessions"], row["days_since_last_event"]) == (3.0, 2.0, 3.0)
+    assert features.filter("web_events > 0").count() == 1
+    quarantine = spark.read.format("delta").load(result.tables["transactions_quarantine"])
+    by_source = {
+        r["source"]: r["count"] for r in quarantine.filter("run_id = 'e2e-run-4'").groupBy("source").count().collect()
+    }
+    assert by_source["events"] == 1 and "profiles" not in by_source
