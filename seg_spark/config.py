@@ -144,6 +144,12 @@ class ColumnMapping(_Strict):
     country: str | None = "country"
     status: str | None = Field(default=None, description="Order/line status column, for return detection.")
 
+    @classmethod
+    def only(cls, customer_id: str, ts: str, **columns: str) -> ColumnMapping:
+        """A mapping of just these columns; every other canonical column is absent (null)."""
+        absent = {name: None for name in cls.model_fields if name not in ("customer_id", "ts")}
+        return cls(customer_id=customer_id, ts=ts, **{**absent, **columns})
+
 
 class ProfileMapping(_Strict):
     """Customer-profile columns: canonical name -> the source's column (null: absent)."""

@@ -27,18 +27,13 @@ CLOCK = datetime(2024, 6, 1)
 RAW_SCHEMA = (
     "`Invoice No` string, `Customer ID` string, `Invoice Date` string, Qty string, Price string, StockCode string"
 )
-MAPPING = ColumnMapping(
+MAPPING = ColumnMapping.only(
     customer_id="Customer ID",
     order_id="Invoice No",
     ts="Invoice Date",
     quantity="Qty",
     unit_price="Price",
     product_id="StockCode",
-    description=None,
-    category=None,
-    channel=None,
-    discount=None,
-    country=None,
 )
 SOURCE = SourceSettings(path="inline", format="csv", timestamp_format="yyyy-MM-dd HH:mm", columns=MAPPING)
 QUALITY = QualitySettings(clock=CLOCK, min_timestamp="2010-01-01")
@@ -148,20 +143,7 @@ def test_amount_column_is_used_when_mapped_and_returns_turn_negative(spark):
     source = SourceSettings(
         path="inline",
         timestamp_format="yyyy-MM-dd HH:mm",
-        columns=ColumnMapping(
-            customer_id="cid",
-            order_id="oid",
-            ts="t",
-            amount="total",
-            quantity=None,
-            unit_price=None,
-            product_id=None,
-            description=None,
-            category=None,
-            channel=None,
-            discount=None,
-            country=None,
-        ),
+        columns=ColumnMapping.only(customer_id="cid", order_id="oid", ts="t", amount="total"),
     )
     outcome = ingest(raw, source, QUALITY, run_id="r3")
     amounts = {r["order_id"]: (r["amount"], r["is_return"]) for r in outcome.clean.collect()}
@@ -182,19 +164,7 @@ def test_mapping_to_a_missing_column_names_it_and_the_alternatives(spark):
 
 def test_mapping_without_any_amount_is_rejected(spark):
     raw = spark.createDataFrame([("1", "2")], "cust string, t string")
-    columns = ColumnMapping(
-        customer_id="cust",
-        ts="t",
-        order_id=None,
-        product_id=None,
-        description=None,
-        category=None,
-        channel=None,
-        quantity=None,
-        unit_price=None,
-        discount=None,
-        country=None,
-    )
+    columns = ColumnMapping.only(customer_id="cust", ts="t")
     with pytest.raises(MappingError, match="no line amount can be derived"):
         ingest(raw, SourceSettings(path="x", columns=columns), QUALITY, run_id="r5")
 
@@ -245,7 +215,7 @@ def test_non_product_lines_statuses_and_outliers(spark):
     source = SourceSettings(
         path="inline",
         timestamp_format="yyyy-MM-dd HH:mm",
-        columns=ColumnMapping(
+        columns=ColumnMapping.only(
             customer_id="cust",
             order_id="inv",
             ts="t",
@@ -254,10 +224,6 @@ def test_non_product_lines_statuses_and_outliers(spark):
             product_id="sku",
             description="d",
             status="st",
-            category=None,
-            channel=None,
-            discount=None,
-            country=None,
         ),
     )
     quality = QUALITY.model_copy(

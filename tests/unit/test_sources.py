@@ -24,17 +24,12 @@ from seg_spark.privacy import PrivacyError, hmac_sha256, pseudonym_key
 from seg_spark.quality import MappingError, ingest, ingest_events, ingest_profiles
 
 QUALITY = QualitySettings(clock=datetime(2024, 6, 1))
-MAPPING = ColumnMapping(
+MAPPING = ColumnMapping.only(
     customer_id="Customer ID",
     order_id="Invoice",
     ts="InvoiceDate",
     quantity="Quantity",
     unit_price="Price",
-    product_id=None,
-    description=None,
-    category=None,
-    channel=None,
-    discount=None,
     country="Country",
 )
 ROWS = [
@@ -127,19 +122,7 @@ def test_typed_sources_with_numeric_ids_and_epoch_seconds(spark):
     raw = spark.createDataFrame([(17850.0, 1704448800, 2, 3.5)], "cid double, epoch long, qty int, price double")
     source = SourceSettings(
         path="inline",
-        columns=ColumnMapping(
-            customer_id="cid",
-            ts="epoch",
-            quantity="qty",
-            unit_price="price",
-            order_id=None,
-            product_id=None,
-            description=None,
-            category=None,
-            channel=None,
-            discount=None,
-            country=None,
-        ),
+        columns=ColumnMapping.only(customer_id="cid", ts="epoch", quantity="qty", unit_price="price"),
     )
     outcome = ingest(raw, source, QUALITY, run_id="t")
     row = outcome.clean.first()
@@ -216,40 +199,13 @@ def test_error_malformed_line_in_fail_mode_names_the_line(spark, tmp_path):
 
 def test_error_wrong_type_for_timestamp_and_number(spark):
     raw = spark.createDataFrame([("c", True, [1.0], 2.0)], "cid string, when boolean, qty array<double>, price double")
-    columns = dict(
-        customer_id="cid",
-        order_id=None,
-        product_id=None,
-        description=None,
-        category=None,
-        channel=None,
-        discount=None,
-        country=None,
-        unit_price="price",
-    )
+    bad_ts = ColumnMapping.only(customer_id="cid", ts="when", quantity="price", unit_price="price")
     with pytest.raises(MappingError) as err:
-        ingest(
-            raw,
-            SourceSettings(
-                path="x.parquet",
-                columns=ColumnMapping(
-                    ts="when",
-                    quantity="price",
-                    **{k: v for k, v in columns.items() if k != "unit_price"},
-                    unit_price="price",
-                ),
-            ),
-            QUALITY,
-            run_id="t",
-        )
+        ingest(raw, SourceSettings(path="x.parquet", columns=bad_ts), QUALITY, run_id="t")
     assert "column 'when' (mapped as ts) has type boolean, expected a timestamp" in str(err.value)
+    bad_quantity = ColumnMapping.only(customer_id="cid", ts="cid", quantity="qty", unit_price="price")
     with pytest.raises(MappingError) as err:
-        ingest(
-            raw,
-            SourceSettings(path="x.parquet", columns=ColumnMapping(ts="cid", quantity="qty", **columns)),
-            QUALITY,
-            run_id="t",
-        )
+        ingest(raw, SourceSettings(path="x.parquet", columns=bad_quantity), QUALITY, run_id="t")
     assert "column 'qty' (mapped as quantity) has type array<double>, expected a number" in str(err.value)
     assert "Map sources.transactions.columns.quantity to another column" in str(err.value)
 
