@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from seg_spark.features.catalogue import DYNAMIC_PATTERNS, feature_names, is_known_feature
 
 
 class ConfigError(ValueError):
@@ -89,6 +91,9 @@ class TableNames(_Strict):
     data_quality: str = "data_quality"
     customer_profiles: str = "customer_profiles"
     events_clean: str = "events_clean"
+    customer_daily: str = "customer_daily"
+    feature_refresh_log: str = "feature_refresh_log"
+    product_groups: str = "product_groups"
     customer_features: str = "customer_features"
     customer_segments: str = "customer_segments"
 
@@ -204,6 +209,11 @@ class SourceSettings(SourceBase):
     """
 
     columns: ColumnMapping = Field(default_factory=ColumnMapping)
+    mode: Literal["snapshot", "append"] = Field(
+        default="snapshot",
+        description="snapshot: the source holds the whole history and replaces transactions_clean; "
+        "append: the source holds new rows (new days, late rows for old days) added to transactions_clean.",
+    )
 
 
 class ProfileSourceSettings(SourceBase):
@@ -317,6 +327,39 @@ class PrivacySettings(_Strict):
     )
 
 
+FeatureFamily = Literal["rfm", "value", "cadence", "mix", "trend"]
+
+
+class MixSettings(_Strict):
+    """Category and channel shares."""
+
+    top_categories: int = Field(default=8, ge=1, description="Categories with a share column; the rest is 'other'.")
+    categories: tuple[str, ...] | None = Field(
+        default=None, description="Fixed category list instead of the top ones by spend (keeps columns stable)."
+    )
+    top_channels: int = Field(default=4, ge=1, description="Channels with a share column; the rest is 'other'.")
+
+
+class ProductGroupSettings(_Strict):
+    """Product groups derived from descriptions when the source has no category column."""
+
+    enabled: Literal["auto", "always", "never"] = Field(
+        default="auto", description="auto: only when no transaction has a category."
+    )
+    method: Literal["tfidf", "word2vec"] = "tfidf"
+    groups: int = Field(default=12, ge=2)
+    vocab_size: int = Field(default=2000, ge=10)
+    min_doc_freq: int = Field(default=2, ge=1, description="A word must occur in this many products.")
+    vector_size: int = Field(default=32, ge=2, description="word2vec only.")
+    extra_stop_words: tuple[str, ...] = Field(default=(), description="Words ignored besides English stop words.")
+    examples: int = Field(default=5, ge=1, description="Example products marked per group.")
+    max_iter: int = Field(default=30, ge=1)
+    seed: int = 42
+    refit: bool = Field(
+        default=False, description="Refit the groups; otherwise known products keep theirs and new ones are assigned."
+    )
+
+
 class FeatureSettings(_Strict):
     """Feature computation."""
 
@@ -324,6 +367,32 @@ class FeatureSettings(_Strict):
         default=None,
         description="Features use events strictly before this date. null: the day after the last clean transaction.",
     )
+    families: tuple[FeatureFamily, ...] = Field(
+        default=("rfm", "value", "cadence", "mix", "trend"), description="Feature families computed."
+    )
+    windows_days: tuple[int, ...] = Field(
+        default=(30, 90), description="Recent windows (days) for spend and trends; each is compared to the one before."
+    )
+    refresh: Literal["incremental", "full"] = Field(
+        default="incremental",
+        description="incremental: re-aggregate only the days of transactions_clean that changed since the last run.",
+    )
+    mix: MixSettings = Field(default_factory=MixSettings)
+    product_groups: ProductGroupSettings = Field(default_factory=ProductGroupSettings)
+
+    @field_validator("windows_days")
+    @classmethod
+    def _positive_windows(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if not value or any(w < 1 for w in value) or len(set(value)) != len(value):
+            raise ValueError("give one or more distinct positive numbers of days, e.g. [30, 90]")
+        return tuple(sorted(value))
+
+    @field_validator("families")
+    @classmethod
+    def _rfm_required(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if "rfm" not in value:
+            raise ValueError("the rfm family is always needed (recency, frequency, monetary identify the customers)")
+        return value
 
 
 RFM_FEATURES: tuple[str, ...] = (
@@ -335,6 +404,33 @@ RFM_FEATURES: tuple[str, ...] = (
 )
 
 
+class PrepSettings(_Strict):
+    """Preparation of the features for clustering (saved in the model pipeline)."""
+
+    impute: Literal["median", "mean"] = Field(default="median", description="Fills missing values per feature.")
+    log1p_features: tuple[str, ...] = Field(
+        default=("recency_days", "frequency", "monetary", "avg_order_value", "tenure_days"),
+        description="Skewed money and count features: log1p(max(x, 0)).",
+    )
+    winsorize: tuple[float, float] | None = Field(
+        default=(0.01, 0.99), description="Clip each feature to these quantiles (after log1p); null: no clipping."
+    )
+    quantile_error: float = Field(default=0.001, gt=0, lt=1, description="approxQuantile relative error.")
+    scaler: Literal["standard", "robust", "none"] = "standard"
+    drop_zero_variance: bool = True
+    max_abs_correlation: float | None = Field(
+        default=0.98, gt=0, le=1, description="Of two features correlated beyond this, the later one is dropped."
+    )
+    pca_components: int | None = Field(default=None, ge=1, description="Project onto this many components.")
+
+    @field_validator("winsorize")
+    @classmethod
+    def _quantile_pair(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
+        if value is not None and not 0 <= value[0] < value[1] <= 1:
+            raise ValueError("give [lower, upper] quantiles with 0 <= lower < upper <= 1, e.g. [0.01, 0.99]")
+        return value
+
+
 class ModelSettings(_Strict):
     """The segmentation model."""
 
@@ -344,16 +440,11 @@ class ModelSettings(_Strict):
     max_iter: int = Field(default=50, ge=1)
     tol: float = Field(default=1e-4, ge=0)
     seed: int = 42
-    features: tuple[str, ...] = RFM_FEATURES
-    log1p_features: tuple[str, ...] = ("recency_days", "frequency", "monetary", "avg_order_value", "tenure_days")
-
-    @field_validator("features", "log1p_features")
-    @classmethod
-    def _known_features(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        unknown = [f for f in value if f not in RFM_FEATURES]
-        if unknown:
-            raise ValueError(f"unknown feature(s) {unknown}; allowed: {list(RFM_FEATURES)}")
-        return value
+    features: tuple[str, ...] = Field(
+        default=RFM_FEATURES,
+        description="Feature columns (see docs/FEATURES.md); globs like cat_*_share select dynamic ones.",
+    )
+    prep: PrepSettings = Field(default_factory=PrepSettings)
 
 
 class RunSettings(_Strict):
@@ -377,10 +468,27 @@ class Settings(_Strict):
     model: ModelSettings = Field(default_factory=ModelSettings)
     run: RunSettings = Field(default_factory=RunSettings)
 
+    @model_validator(mode="after")
+    def _model_features_exist(self) -> Settings:
+        known = feature_names(self.features.families, self.features.windows_days)
+        for key in ("features", "prep.log1p_features"):
+            names = self.model.features if key == "features" else self.model.prep.log1p_features
+            unknown = [name for name in names if not is_known_feature(name, known)]
+            if unknown:
+                raise ValueError(
+                    f"model.{key}: unknown feature(s) {unknown} for features.families "
+                    f"{list(self.features.families)} and windows_days {list(self.features.windows_days)}; "
+                    f"known: {', '.join(known)} and the patterns {', '.join(DYNAMIC_PATTERNS)} (docs/FEATURES.md)"
+                )
+        return self
+
     def table_path(self, table: str) -> str:
         """Storage location of one of the configured tables (by its key in ``tables``)."""
-        name = getattr(self.tables, table)
-        return _join(self.storage.root, name)
+        return self.storage_path(getattr(self.tables, table))
+
+    def storage_path(self, relative: str) -> str:
+        """A location under ``storage.root`` (tables, saved helper models)."""
+        return _join(self.storage.root, relative)
 
     def with_overrides(self, overrides: Iterable[str]) -> Settings:
         """A copy with ``dotted.key=value`` overrides applied and validated again."""

@@ -134,9 +134,40 @@ def write_delta(
     if replace_where:
         writer = writer.option("replaceWhere", replace_where).option("mergeSchema", "true")
     else:
-        writer = writer.option("overwriteSchema", "true")
+        # A full replace means the whole table, whatever the session's partitionOverwriteMode.
+        writer = writer.option("overwriteSchema", "true").option("partitionOverwriteMode", "static")
     log.debug("writing Delta table %s (replaceWhere=%s)", path, replace_where)
     writer.save(path)
+
+
+def append_delta(df: DataFrame, path: str, *, partition_by: Sequence[str] = ()) -> None:
+    """Append ``df`` to a Delta table (created, partitioned as given, when missing)."""
+    writer = df.write.format("delta").mode("append").option("mergeSchema", "true")
+    if partition_by:
+        writer = writer.partitionBy(*partition_by)
+    writer.save(path)
+
+
+def is_delta_table(spark: SparkSession, path: str) -> bool:
+    """Whether a Delta table exists at ``path``."""
+    from delta.tables import DeltaTable
+
+    return DeltaTable.isDeltaTable(spark, path)
+
+
+def delta_version(spark: SparkSession, path: str) -> int:
+    """The latest version of the Delta table at ``path``."""
+    from delta.tables import DeltaTable
+
+    return int(DeltaTable.forPath(spark, path).history(1).select("version").first()[0])
+
+
+def enable_change_feed(spark: SparkSession, path: str) -> None:
+    """Record row changes of the Delta table at ``path`` (for incremental readers); no-op when on."""
+    properties = spark.sql(f"SHOW TBLPROPERTIES delta.`{path}`").collect()
+    if any(r["key"] == "delta.enableChangeDataFeed" and r["value"] == "true" for r in properties):
+        return
+    spark.sql(f"ALTER TABLE delta.`{path}` SET TBLPROPERTIES (delta.enableChangeDataFeed = true)")
 
 
 def register_table(spark: SparkSession, database: str, name: str, path: str) -> str:

@@ -19,7 +19,8 @@ from pyspark.sql import functions as F
 
 from seg_spark import io, quality, synth, tracking
 from seg_spark.config import Settings, SourceBase, SourceSettings
-from seg_spark.features.rfm import rfm_features
+from seg_spark.features import products, store
+from seg_spark.features.behaviour import derive_features, with_rfm_scores
 from seg_spark.features.side import with_events, with_profiles
 from seg_spark.models import clustering
 from seg_spark.models.validation import adjusted_rand_index
@@ -60,6 +61,7 @@ class RunResult:
     tables: dict[str, str]
     counts: quality.IngestCounts
     metrics: dict[str, float]
+    refresh: store.RefreshResult
     segment_summary: list[dict[str, Any]]
     mlflow_run_id: str | None = None
     model_uri: str | None = None
@@ -89,12 +91,12 @@ def demo_source(spark: SparkSession, settings: Settings) -> tuple[SourceSettings
     return source, str(out / "truth")
 
 
-def default_as_of(clean: DataFrame) -> date:
-    """The day after the last clean transaction."""
-    last = clean.agg(F.max("ts")).first()[0]
+def default_as_of(daily: DataFrame) -> date:
+    """The day after the last day with a clean transaction (from the daily aggregates)."""
+    last = daily.agg(F.max("day")).first()[0]
     if last is None:
         raise quality.ReconciliationError("no clean transactions: nothing to build features from")
-    return last.date() + timedelta(days=1)
+    return last + timedelta(days=1)
 
 
 def _segment_summary(segments: DataFrame, features: tuple[str, ...]) -> list[dict[str, Any]]:
@@ -132,13 +134,70 @@ def _ingest_source(
         clean_table = SIDE_TABLES[name]
     this_run = f"run_id = '{run_id}' AND source = '{name}'"
     try:
-        io.write_delta(result.clean, paths[clean_table])
+        if name == "transactions":
+            _write_transactions(spark, result.clean, paths[clean_table], settings.sources.transactions.mode)
+        else:
+            io.write_delta(result.clean, paths[clean_table])
         io.write_delta(result.quarantine, paths["transactions_quarantine"], replace_where=this_run)
     finally:
         result.release()
     io.write_delta(quality.quality_rows(spark, result, run_id), paths["data_quality"], replace_where=this_run)
     tracking.log_metrics(quality.quality_metrics(result))
     return result
+
+
+def _write_transactions(spark: SparkSession, clean: DataFrame, path: str, mode: str) -> None:
+    """Write clean lines by day (replacing a snapshot or appending a batch) with the change feed on."""
+    clean = store.with_tx_date(clean)
+    if mode == "append":
+        io.append_delta(clean, path, partition_by=[store.TX_DATE])
+    else:
+        io.write_delta(clean, path, partition_by=[store.TX_DATE])
+    io.enable_change_feed(spark, path)
+
+
+def build_features(
+    spark: SparkSession, settings: Settings, run_id: str, paths: dict[str, str], side_tables: list[str]
+) -> tuple[DataFrame, date, store.RefreshResult, list[str]]:
+    """Refresh the daily aggregates and derive this as-of date's features (not yet written).
+
+    Returns:
+        The features (persisted: unpersist after writing), the as-of date, what the
+        refresh did, and the tables it wrote.
+    """
+    config = settings.features
+    clean = io.read_delta(spark, paths["transactions_clean"])
+    written = ["customer_daily", "feature_refresh_log"]
+    prepare, refresh = (lambda lines: lines), config.refresh
+    if products.needs_groups(clean, config.product_groups):
+        model_path = settings.storage_path("models/product_groups")
+        groups, refitted = products.refresh_groups(
+            spark, clean, config.product_groups, paths["product_groups"], model_path
+        )
+        prepare = products.with_groups_as_categories(groups)
+        written.append("product_groups")
+        if refitted:
+            refresh = "full"  # every product's category may have changed
+    refreshed = store.refresh_daily(
+        spark,
+        paths["transactions_clean"],
+        paths["customer_daily"],
+        paths["feature_refresh_log"],
+        refresh=refresh,
+        run_id=run_id,
+        prepare=prepare,
+    )
+    daily = io.read_delta(spark, paths["customer_daily"])
+    as_of = config.as_of_date or default_as_of(daily)
+    features = derive_features(daily, as_of, config)
+    if "customer_profiles" in side_tables:
+        features = with_profiles(features, io.read_delta(spark, paths["customer_profiles"]), as_of)
+    if "events_clean" in side_tables:
+        features = with_events(features, io.read_delta(spark, paths["events_clean"]), as_of)
+    features = features.persist(StorageLevel.MEMORY_AND_DISK)
+    features = with_rfm_scores(features, settings.model.prep.quantile_error)
+    features = features.select("*", F.lit(as_of).alias("as_of_date"), F.lit(run_id).alias("run_id"))
+    return features, as_of, refreshed, written
 
 
 def run_pipeline(spark: SparkSession, settings: Settings) -> RunResult:
@@ -183,25 +242,32 @@ def run_pipeline(spark: SparkSession, settings: Settings) -> RunResult:
         # Stop before any model is touched; the quarantine and DQ rows are already written.
         quality.check_thresholds(ingested, settings.quality.thresholds)
 
-        progress.stage("features: RFM per customer")
-        clean = io.read_delta(spark, paths["transactions_clean"])
-        as_of = settings.features.as_of_date or default_as_of(clean)
+        progress.stage("features: daily aggregates (incremental) and as-of features")
+        features, as_of, refreshed, feature_tables = build_features(spark, settings, run_id, paths, written)
         as_of_filter = f"as_of_date = '{as_of.isoformat()}'"
-        features = rfm_features(clean, as_of)
-        if "customer_profiles" in written:
-            features = with_profiles(features, io.read_delta(spark, paths["customer_profiles"]), as_of)
-        if "events_clean" in written:
-            features = with_events(features, io.read_delta(spark, paths["events_clean"]), as_of)
-        features = features.select("*", F.lit(as_of).alias("as_of_date"), F.lit(run_id).alias("run_id"))
-        io.write_delta(features, paths["customer_features"], partition_by=["as_of_date"], replace_where=as_of_filter)
+        try:
+            io.write_delta(
+                features, paths["customer_features"], partition_by=["as_of_date"], replace_where=as_of_filter
+            )
+        finally:
+            features.unpersist()
+        written += feature_tables
+        tracking.log_metrics({"feature_refresh_seconds": refreshed.seconds})
+        tracking.log_summary(
+            {"mode": refreshed.mode, "reason": refreshed.reason, "days": [d.isoformat() for d in refreshed.days]},
+            "feature_refresh.json",
+            tags={"feature_refresh_mode": refreshed.mode},
+        )
 
         progress.stage(f"segmenting: k-means, k={settings.model.k}")
         stored = io.read_delta(spark, paths["customer_features"]).filter(F.col("as_of_date") == F.lit(as_of))
-        data = clustering.model_input(stored, settings.model).persist(StorageLevel.MEMORY_AND_DISK)
+        model_features = clustering.resolve_features(stored.columns, settings.model)
+        data = clustering.model_input(stored).persist(StorageLevel.MEMORY_AND_DISK)
         try:
-            fitted = clustering.fit(data, settings.model)
+            fitted = clustering.fit(data, settings.model, model_features)
             metrics = dict(fitted.metrics)
             metrics["customers_not_modelled"] = float(stored.count() - metrics["customers_modelled"])
+            tracking.log_summary({"features": fitted.preparation.report()}, "preparation.json")
             model_uri = model_version = None
             if mlflow_run_id and settings.tracking.log_model:
                 model_uri, model_version = tracking.log_spark_model(
@@ -228,7 +294,7 @@ def run_pipeline(spark: SparkSession, settings: Settings) -> RunResult:
             .filter(as_of_filter)
             .join(stored.drop("run_id", "as_of_date"), "customer_id")
         )
-        summary = _segment_summary(published, settings.model.features)
+        summary = _segment_summary(published, fitted.preparation.kept)
         if truth_path and key is None:
             truth = spark.read.parquet(truth_path)
             metrics["ari_vs_planted"] = adjusted_rand_index(
@@ -250,6 +316,7 @@ def run_pipeline(spark: SparkSession, settings: Settings) -> RunResult:
         tables={name: paths[name] for name in written},
         counts=counts,
         metrics=metrics,
+        refresh=refreshed,
         segment_summary=summary,
         mlflow_run_id=mlflow_run_id,
         model_uri=model_uri,

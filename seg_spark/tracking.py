@@ -80,11 +80,12 @@ def log_metrics(metrics: Mapping[str, float]) -> None:
         mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
 
 
-def log_summary(data: Mapping[str, Any], artifact: str, tags: Mapping[str, str]) -> None:
-    """Attach a small JSON artifact and tags to the active run, if any."""
+def log_summary(data: Mapping[str, Any], artifact: str, tags: Mapping[str, str] | None = None) -> None:
+    """Attach a small JSON artifact (and tags) to the active run, if any."""
     if mlflow.active_run() is not None:
         mlflow.log_dict(dict(data), artifact)
-        mlflow.set_tags(dict(tags))
+        if tags:
+            mlflow.set_tags(dict(tags))
 
 
 def log_spark_model(model: Any, registered_name: str | None) -> tuple[str, str | None]:

@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
+import fnmatch
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pyspark.ml import Pipeline, PipelineModel
 from pyspark.ml.clustering import KMeans, KMeansModel
 from pyspark.ml.evaluation import ClusteringEvaluator
-from pyspark.ml.feature import SQLTransformer, StandardScaler, VectorAssembler
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from seg_spark.config import ModelSettings
+from seg_spark.models.prep import FEATURES_COL, Preparation, plan_preparation
 
 log = logging.getLogger(__name__)
 
-FEATURES_COL = "features"
 SEGMENT_COL = "segment_id"
 
 
@@ -31,32 +32,14 @@ class FitResult:
     model: PipelineModel
     metrics: dict[str, float]
     segment_sizes: list[int]
+    preparation: Preparation
 
 
-def _prep_name(feature: str) -> str:
-    return f"{feature}__prep"
-
-
-def preparation_sql(settings: ModelSettings) -> str:
-    """The SQL of the preparation step: log1p of skewed non-negative features."""
-    exprs = []
-    for feature in settings.features:
-        if feature in settings.log1p_features:
-            # Net spend can be negative after returns; log1p is defined from 0 up.
-            exprs.append(f"log1p(greatest(`{feature}`, 0D)) AS `{_prep_name(feature)}`")
-        else:
-            exprs.append(f"CAST(`{feature}` AS DOUBLE) AS `{_prep_name(feature)}`")
-    return f"SELECT *, {', '.join(exprs)} FROM __THIS__"
-
-
-def build_pipeline(settings: ModelSettings) -> Pipeline:
-    """Preparation (log1p, assemble, standardise) followed by K-Means."""
-    prepared = [_prep_name(f) for f in settings.features]
+def build_pipeline(settings: ModelSettings, preparation: Preparation) -> Pipeline:
+    """The planned preparation stages followed by K-Means."""
     return Pipeline(
         stages=[
-            SQLTransformer(statement=preparation_sql(settings)),
-            VectorAssembler(inputCols=prepared, outputCol="features_raw", handleInvalid="error"),
-            StandardScaler(inputCol="features_raw", outputCol=FEATURES_COL, withMean=True, withStd=True),
+            *preparation.stages,
             KMeans(
                 featuresCol=FEATURES_COL,
                 predictionCol=SEGMENT_COL,
@@ -70,21 +53,36 @@ def build_pipeline(settings: ModelSettings) -> Pipeline:
     )
 
 
-def model_input(features: DataFrame, settings: ModelSettings) -> DataFrame:
-    """Customers the model can use: every configured feature present and finite."""
-    usable = F.lit(True)
-    for feature in settings.features:
-        usable = usable & F.col(feature).isNotNull() & ~F.isnan(F.col(feature))
-    return features.filter(usable)
+def resolve_features(available: Sequence[str], settings: ModelSettings) -> tuple[str, ...]:
+    """The configured model features (globs expanded against ``available``), in order, without repeats.
+
+    Raises:
+        ModelInputError: A configured feature or pattern matches no column.
+    """
+    chosen: list[str] = []
+    for entry in settings.features:
+        matches = [c for c in available if fnmatch.fnmatchcase(c, entry)]
+        if not matches:
+            raise ModelInputError(
+                f"model.features entry {entry!r} matches no column of customer_features "
+                f"(is its family in features.families?); columns: {', '.join(available)}"
+            )
+        chosen += [m for m in matches if m not in chosen]
+    return tuple(chosen)
 
 
-def fit(data: DataFrame, settings: ModelSettings) -> FitResult:
+def model_input(features: DataFrame) -> DataFrame:
+    """Customers the model segments: those with at least one purchase (missing values are imputed)."""
+    return features.filter(F.col("frequency") > 0)
+
+
+def fit(data: DataFrame, settings: ModelSettings, features: Sequence[str]) -> FitResult:
     """Fit the segmentation pipeline and compute its fit metrics.
 
     Args:
-        data: Model input (see ``model_input``); reused twice, so cache it beforehand
-            when it is expensive to recompute.
+        data: Model input (see ``model_input``); read several times, so cache it beforehand.
         settings: The ``model`` section of the configuration.
+        features: The feature columns (``resolve_features``).
 
     Returns:
         The fitted pipeline, its metrics (silhouette, WSSSE, customers) and segment sizes.
@@ -95,10 +93,11 @@ def fit(data: DataFrame, settings: ModelSettings) -> FitResult:
     n = data.count()
     if n < settings.k:
         raise ModelInputError(
-            f"only {n} customers have all of {list(settings.features)} but model.k = {settings.k}: "
+            f"only {n} customers have a purchase but model.k = {settings.k}: "
             "lower model.k or widen the data (more history, an earlier features.as_of_date)"
         )
-    model = build_pipeline(settings).fit(data)
+    preparation = plan_preparation(data, features, settings.prep)
+    model = build_pipeline(settings, preparation).fit(data)
     kmeans: KMeansModel = model.stages[-1]
     scored = model.transform(data)
     silhouette = ClusteringEvaluator(
@@ -112,4 +111,5 @@ def fit(data: DataFrame, settings: ModelSettings) -> FitResult:
         "iterations": float(summary.numIter),
     }
     log.info("fitted k-means k=%s on %s customers: silhouette %.3f", settings.k, n, silhouette)
-    return FitResult(model=model, metrics=metrics, segment_sizes=list(summary.clusterSizes))
+    metrics["features_used"] = float(len(preparation.kept))
+    return FitResult(model=model, metrics=metrics, segment_sizes=list(summary.clusterSizes), preparation=preparation)

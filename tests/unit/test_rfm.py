@@ -2,7 +2,18 @@ from datetime import date, datetime
 
 from pyspark.testing import assertDataFrameEqual
 
-from seg_spark.features.rfm import rfm_features
+from seg_spark.config import RFM_FEATURES
+from seg_spark.features.behaviour import customer_features
+
+
+def rfm_features(tx, as_of):
+    return customer_features(
+        tx.selectExpr(
+            "*", "1.0 AS quantity", "'p' AS product_id", "0.0 AS discount", "'c' AS category", "'web' AS channel"
+        ),
+        as_of,
+    ).select("customer_id", *RFM_FEATURES)
+
 
 AS_OF = date(2024, 3, 1)
 TX_SCHEMA = "customer_id string, order_id string, ts timestamp, amount double, is_return boolean"

@@ -1,0 +1,111 @@
+"""Full recompute vs one-day incremental refresh of the feature store, on a generated year.
+
+    .venv/bin/python bench/bench_features.py --customers 220000 --out /tmp/seg-bench/features
+
+Generates a year of transactions (reused when already there), cleans them into a
+``transactions_clean`` table holding every day but the last, then times:
+
+* full: aggregate every day into ``customer_daily`` and derive + write the as-of features;
+* incremental: after appending the last day, re-aggregate that day only, MERGE it and
+  derive + write the as-of features.
+
+Appends a JSON line with both times and their ratio to bench/results/features.jsonl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+from pyspark.sql import functions as F
+
+from seg_spark import io, quality
+from seg_spark.config import FeatureSettings, GeneratorSettings, QualitySettings, SourceSettings
+from seg_spark.features import store
+from seg_spark.features.behaviour import derive_features
+from seg_spark.session import get_spark
+from seg_spark.synth import write_generated
+
+RESULTS = Path(__file__).resolve().parent / "results" / "features.jsonl"
+END = date(2026, 1, 1)
+
+
+def timed(label: str, action) -> float:
+    """Run ``action`` and return its wall-clock seconds."""
+    started = time.perf_counter()
+    action()
+    seconds = time.perf_counter() - started
+    print(f"{label}: {seconds:.1f}s", flush=True)
+    return seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--customers", type=int, default=220_000)
+    parser.add_argument("--days", type=int, default=365)
+    parser.add_argument("--out", default="/tmp/seg-bench/features")
+    args = parser.parse_args()
+    out = Path(args.out)
+    spark = get_spark()
+
+    generated = out / "generated"
+    if not (generated / "transactions").is_dir():
+        generator = GeneratorSettings(customers=args.customers, days=args.days, end_date=END)
+        write_generated(spark, generator, str(generated))
+    clean_path, daily, refresh_log, features_path = (str(out / t) for t in ("clean", "daily", "log", "features"))
+    last_day = END - timedelta(days=1)
+    if not io.is_delta_table(spark, clean_path):
+        raw = spark.read.parquet(str(generated / "transactions"))
+        result = quality.ingest(
+            raw, SourceSettings(), QualitySettings(clock=datetime(2026, 1, 1)), "bench", "transactions", None
+        )
+        clean = store.with_tx_date(result.clean)
+        io.write_delta(clean, clean_path, partition_by=[store.TX_DATE])
+        result.release()
+    io.enable_change_feed(spark, clean_path)
+    table = io.read_delta(spark, clean_path)
+    # The last day is held back to be appended as the "new day"; restore it from the full set first.
+    held_back = table.filter(F.col(store.TX_DATE) == F.lit(last_day)).cache()
+    day_rows = held_back.count()
+    from delta.tables import DeltaTable
+
+    DeltaTable.forPath(spark, clean_path).delete(F.col(store.TX_DATE) == F.lit(last_day))
+    history_rows = io.read_delta(spark, clean_path).count()
+    settings = FeatureSettings()
+
+    def refresh_and_derive(mode: str, as_of: date) -> None:
+        store.refresh_daily(spark, clean_path, daily, refresh_log, refresh=mode, run_id="bench")
+        features = derive_features(io.read_delta(spark, daily), as_of, settings)
+        io.write_delta(features, features_path)
+
+    full = timed("full recompute", lambda: refresh_and_derive("full", last_day))
+    append = timed("append the new day", lambda: io.append_delta(held_back, clean_path, partition_by=[store.TX_DATE]))
+    incremental = timed("incremental refresh", lambda: refresh_and_derive("incremental", END))
+    refreshed = io.read_delta(spark, refresh_log).orderBy(F.desc("refreshed_at")).first()
+    result = {
+        "bench": "features",
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": f"{os.cpu_count()} cores, {platform.machine()}",
+        "customers": args.customers,
+        "history_rows": history_rows,
+        "new_day_rows": day_rows,
+        "incremental_mode": refreshed.mode,
+        "days_refreshed": refreshed.days_refreshed,
+        "full_seconds": round(full, 1),
+        "append_seconds": round(append, 1),
+        "incremental_seconds": round(incremental, 1),
+        "ratio": round(incremental / full, 3),
+    }
+    print(json.dumps(result))
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    with RESULTS.open("a") as handle:
+        handle.write(json.dumps(result) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,195 @@
+"""Product groups from product descriptions, for sources without a category column.
+
+One row per product (its most frequent description) goes through a Spark ML text pipeline
+(RegexTokenizer -> StopWordsRemover -> CountVectorizer + IDF, or Word2Vec -> L2 Normalizer)
+and K-Means with cosine distance; products without a known word form group -1. Each group
+is named after its most frequent words. The fitted pipeline is saved next to the tables so that later runs assign new
+products to the same groups while known products keep theirs: categories, and so the daily
+aggregates, stay stable from day to day.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from pyspark.ml import Pipeline, PipelineModel
+from pyspark.ml.clustering import KMeans
+from pyspark.ml.feature import IDF, CountVectorizer, Normalizer, RegexTokenizer, StopWordsRemover, Word2Vec
+from pyspark.ml.functions import vector_to_array
+from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.window import Window
+
+from seg_spark import io
+from seg_spark.config import ProductGroupSettings
+
+log = logging.getLogger(__name__)
+
+NO_WORDS_GROUP = -1
+NO_WORDS_NAME = "no description"
+GROUP_COLUMNS = ("product_id", "description", "group_id", "group_name", "lines", "example_rank")
+
+
+def product_catalogue(tx: DataFrame) -> DataFrame:
+    """One row per product: its most frequent description and how many lines mention it."""
+    return (
+        tx.filter(F.col("product_id").isNotNull())
+        .groupBy("product_id")
+        .agg(
+            F.mode(F.trim(F.col("description")), deterministic=True).alias("description"),
+            F.count(F.lit(1)).alias("lines"),
+        )
+        .fillna({"description": ""})
+    )
+
+
+def text_pipeline(settings: ProductGroupSettings) -> Pipeline:
+    """Tokenise, drop stop words, vectorise (TF-IDF or Word2Vec) and L2-normalise the descriptions."""
+    stop_words = [*StopWordsRemover.loadDefaultStopWords("english"), *(w.lower() for w in settings.extra_stop_words)]
+    stages = [
+        RegexTokenizer(inputCol="description", outputCol="tokens", pattern="[^a-zA-Z]+", minTokenLength=3),
+        StopWordsRemover(inputCol="tokens", outputCol="words", stopWords=stop_words),
+    ]
+    if settings.method == "tfidf":
+        stages += [
+            CountVectorizer(
+                inputCol="words", outputCol="tf", vocabSize=settings.vocab_size, minDF=float(settings.min_doc_freq)
+            ),
+            IDF(inputCol="tf", outputCol="text_vector"),
+        ]
+    else:
+        stages.append(
+            Word2Vec(
+                inputCol="words",
+                outputCol="text_vector",
+                vectorSize=settings.vector_size,
+                minCount=settings.min_doc_freq,
+                seed=settings.seed,
+                numPartitions=1,
+                maxIter=5,
+            )
+        )
+    stages.append(Normalizer(inputCol="text_vector", outputCol="text_unit", p=2.0))
+    return Pipeline(stages=stages)
+
+
+def _no_words() -> Column:
+    """No vocabulary word in the description: an all-zero vector (cosine distance is undefined)."""
+    return F.aggregate(vector_to_array("text_unit"), F.lit(0.0), lambda acc, x: acc + F.abs(x)) == 0
+
+
+def assign(model: PipelineModel, products: DataFrame) -> DataFrame:
+    """Apply a fitted text model: ``product_id``, ``description``, ``lines``, ``group_id``, ``words``."""
+    text, clusters = PipelineModel(stages=model.stages[:-1]), model.stages[-1]
+    vectors = text.transform(products).withColumn("_empty", _no_words())
+    columns = ["product_id", "description", "lines", "group_id", "words"]
+    grouped = clusters.transform(vectors.filter(~F.col("_empty"))).withColumn("group_id", F.col("group_id").cast("int"))
+    empty = vectors.filter(F.col("_empty")).withColumn("group_id", F.lit(NO_WORDS_GROUP))
+    return grouped.select(*columns).unionByName(empty.select(*columns))
+
+
+def name_groups(assigned: DataFrame, top_words: int = 3) -> DataFrame:
+    """``group_id`` -> ``group_name``: the group's most frequent words (by lines), joined by '/'."""
+    counts = (
+        assigned.filter(F.col("group_id") != NO_WORDS_GROUP)
+        .select("group_id", "lines", F.explode(F.array_distinct("words")).alias("word"))
+        .groupBy("group_id", "word")
+        .agg(F.sum("lines").alias("weight"))
+    )
+    rank = Window.partitionBy("group_id").orderBy(F.desc("weight"), "word")
+    top = counts.withColumn("rank", F.row_number().over(rank)).filter(F.col("rank") <= top_words)
+    names = top.groupBy("group_id").agg(
+        F.array_join(
+            F.transform(F.array_sort(F.collect_list(F.struct("rank", "word"))), lambda s: s["word"]), "/"
+        ).alias("group_name")
+    )
+    return names
+
+
+def group_table(assigned: DataFrame, examples: int) -> DataFrame:
+    """The product -> group table, with the ``examples`` most-bought products of each group ranked."""
+    names = name_groups(assigned)
+    by_lines = Window.partitionBy("group_id").orderBy(F.desc("lines"), "product_id")
+    rank = F.row_number().over(by_lines)
+    return (
+        assigned.join(F.broadcast(names), "group_id", "left")
+        .withColumn("group_name", F.coalesce("group_name", F.lit(NO_WORDS_NAME)))
+        .withColumn("example_rank", F.when(rank <= examples, rank))
+        .select(*GROUP_COLUMNS)
+    )
+
+
+def fit_groups(products: DataFrame, settings: ProductGroupSettings) -> tuple[PipelineModel, DataFrame]:
+    """Fit the text model on ``products`` (``product_catalogue``) and build the group table.
+
+    K-Means uses cosine distance: with Euclidean distance sparse TF-IDF vectors collapse
+    into one giant group (measured on Online Retail: 3,508 of 4,070 products).
+    """
+    products = products.repartition(1, "product_id").sortWithinPartitions("product_id")  # same order, same fit
+    text = text_pipeline(settings).fit(products)
+    vectors = text.transform(products).filter(~_no_words()).cache()
+    try:
+        clusters = KMeans(
+            featuresCol="text_unit",
+            predictionCol="group_id",
+            k=settings.groups,
+            seed=settings.seed,
+            maxIter=settings.max_iter,
+            distanceMeasure="cosine",
+        ).fit(vectors)
+    finally:
+        vectors.unpersist()
+    model = PipelineModel(stages=[*text.stages, clusters])
+    return model, group_table(assign(model, products), settings.examples)
+
+
+def refresh_groups(
+    spark: SparkSession, tx: DataFrame, settings: ProductGroupSettings, table_path: str, model_path: str
+) -> tuple[DataFrame, bool]:
+    """Keep ``product_groups`` complete: fit it once (or on ``refit``), later only add new products.
+
+    Returns:
+        The product -> group table as stored, and whether the groups were (re)fitted now
+        (then every day's categories change and the daily aggregates need a full refresh).
+    """
+    products = product_catalogue(tx)
+    if settings.refit or not io.is_delta_table(spark, table_path):
+        log.info("product groups: fitting %s groups on product descriptions (%s)", settings.groups, settings.method)
+        model, table = fit_groups(products, settings)
+        model.write().overwrite().save(model_path)
+        io.write_delta(table, table_path)
+        return io.read_delta(spark, table_path), True
+    known = io.read_delta(spark, table_path)
+    new = products.join(known.select("product_id"), "product_id", "left_anti")
+    if new.limit(1).count():
+        model = PipelineModel.load(model_path)
+        names = known.select("group_id", "group_name").distinct()
+        added = (
+            assign(model, new)
+            .join(F.broadcast(names), "group_id", "left")
+            .withColumn("group_name", F.coalesce("group_name", F.lit(NO_WORDS_NAME)))
+            .withColumn("example_rank", F.lit(None).cast("int"))
+            .select(*GROUP_COLUMNS)
+        )
+        io.append_delta(added, table_path)
+        log.info("product groups: assigned new products to the existing groups")
+    return io.read_delta(spark, table_path), False
+
+
+def with_groups_as_categories(groups: DataFrame) -> Callable[[DataFrame], DataFrame]:
+    """A transform that sets ``category`` to the product's group name (lines keep their columns)."""
+
+    def _apply(lines: DataFrame) -> DataFrame:
+        names = groups.select("product_id", F.col("group_name").alias("_group"))
+        joined = lines.join(F.broadcast(names), "product_id", "left")
+        return joined.withColumn("category", F.col("_group")).drop("_group").select(*lines.columns)
+
+    return _apply
+
+
+def needs_groups(tx: DataFrame, settings: ProductGroupSettings) -> bool:
+    """Whether categories come from product groups: always, never, or (auto) when no line has one."""
+    if settings.enabled != "auto":
+        return settings.enabled == "always"
+    return tx.filter(F.col("category").isNotNull()).limit(1).count() == 0

@@ -1,0 +1,63 @@
+"""Text-derived product groups on the real Online Retail descriptions."""
+
+from pathlib import Path
+
+import pytest
+from pyspark.sql import functions as F
+
+from seg_spark.config import ProductGroupSettings
+from seg_spark.features.products import NO_WORDS_GROUP, fit_groups, product_catalogue, refresh_groups
+
+DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "online_retail.csv.gz"
+
+
+@pytest.fixture(scope="module")
+def products(spark):
+    if not DATA.is_file():
+        pytest.skip(f"{DATA} not found (../shared/data beside the clone)")
+    raw = spark.read.option("header", "true").csv(str(DATA))
+    lines = raw.select(F.col("StockCode").alias("product_id"), F.col("Description").alias("description"))
+    return product_catalogue(lines).cache()
+
+
+def test_groups_are_non_trivial_named_and_stable_for_a_seed(products):
+    settings = ProductGroupSettings(groups=12, seed=7)
+    _, table = fit_groups(products, settings)
+    table = table.cache()
+    sizes = {r.group_id: r["count"] for r in table.groupBy("group_id").count().collect()}
+    n = sum(sizes.values())
+    assert n == products.count() > 3000
+    real = {g: size for g, size in sizes.items() if g != NO_WORDS_GROUP}
+    assert len(real) == 12
+    assert max(real.values()) < 0.5 * n  # no catch-all group
+    assert sum(size >= 0.02 * n for size in real.values()) >= 8
+    names = {r.group_id: r.group_name for r in table.select("group_id", "group_name").distinct().collect()}
+    assert all(len(names[g].split("/")) == 3 for g in real)
+    examples = table.filter(F.col("example_rank").isNotNull()).groupBy("group_id").count().collect()
+    assert all(r["count"] == min(5, sizes[r.group_id]) for r in examples)
+    again = fit_groups(products, settings)[1].select("product_id", "group_id")
+    assert table.select("product_id", "group_id").exceptAll(again).count() == 0
+
+
+def test_word2vec_method_groups_products_too(products):
+    settings = ProductGroupSettings(method="word2vec", groups=6, vector_size=16, seed=3)
+    _, table = fit_groups(products.limit(800), settings)
+    sizes = [r["count"] for r in table.filter(F.col("group_id") >= 0).groupBy("group_id").count().collect()]
+    assert len(sizes) == 6 and max(sizes) < 0.7 * sum(sizes)
+
+
+def test_known_products_keep_their_group_and_new_ones_join_existing_groups(spark, products, tmp_path):
+    settings = ProductGroupSettings(groups=8, seed=1)
+    table_path, model_path = str(tmp_path / "groups"), str(tmp_path / "model")
+    first_products = products.filter(F.col("product_id") < "5")
+    as_lines = lambda p: p.select("product_id", "description")  # noqa: E731 - product_catalogue input
+    first, refitted = refresh_groups(spark, as_lines(first_products), settings, table_path, model_path)
+    assert refitted
+    before = {r.product_id: r.group_id for r in first.collect()}
+    after, refitted = refresh_groups(spark, as_lines(products), settings, table_path, model_path)
+    assert not refitted
+    after_rows = after.collect()
+    assert len(after_rows) == products.count()
+    assert {r.product_id: r.group_id for r in after_rows if r.product_id in before} == before
+    names = {r.group_id: r.group_name for r in first.collect()}
+    assert all(names.get(r.group_id) == r.group_name for r in after_rows if r.group_id in names)

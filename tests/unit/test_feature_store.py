@@ -1,0 +1,141 @@
+"""Incremental refresh of the daily aggregates equals a full recompute, exactly."""
+
+from datetime import date, timedelta
+
+import pytest
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from seg_spark import io
+from seg_spark.config import FeatureSettings
+from seg_spark.features import store
+from seg_spark.features.behaviour import customer_features, derive_features
+
+START, DAYS = date(2024, 1, 1), 100
+AS_OF = START + timedelta(days=DAYS)
+
+
+def canonical_lines(spark, rows: int = 4000) -> DataFrame:
+    """Deterministic canonical lines: 60 customers over 100 days, returns, 5 categories, 3 channels."""
+    h = lambda purpose: F.abs(F.xxhash64(F.lit(purpose), "id"))  # noqa: E731
+    order = F.col("id") / 3  # about three lines per order
+    return (
+        spark.range(rows)
+        .select(
+            F.concat(F.lit("c"), (h("customer") % 60).cast("string")).alias("customer_id"),
+            F.concat(F.lit("o"), order.cast("long").cast("string")).alias("order_id"),
+            (
+                F.lit(START).cast("timestamp")
+                + F.make_dt_interval(days=(h("day") % DAYS).cast("int"), hours=(h("hour") % 24).cast("int"))
+            ).alias("ts"),
+            F.concat(F.lit("p"), (h("product") % 40).cast("string")).alias("product_id"),
+            F.lit(None).cast("string").alias("description"),
+            F.element_at(
+                F.array(*map(F.lit, ["toys", "books", "food", "garden", "tools"])), (h("cat") % 5 + 1).cast("int")
+            ).alias("category"),
+            F.element_at(F.array(*map(F.lit, ["web", "store", "app"])), (h("channel") % 3 + 1).cast("int")).alias(
+                "channel"
+            ),
+            ((h("qty") % 5) + 1).cast("double").alias("quantity"),
+            ((h("price") % 1000) / 100 + 0.01).alias("unit_price"),
+            F.lit(None).cast("double").alias("discount"),
+            (h("return") % 20 == 0).alias("is_return"),
+        )
+        .select(
+            "*",
+            (F.when(F.col("is_return"), -1).otherwise(1) * F.col("quantity") * F.col("unit_price")).alias("amount"),
+        )
+    )
+
+
+def assert_exactly_equal(left: DataFrame, right: DataFrame) -> None:
+    """Same rows, bit for bit (no tolerance)."""
+    assert sorted(left.columns) == sorted(right.columns)
+    right = right.select(*left.columns)
+    assert left.count() == right.count()
+    assert left.exceptAll(right).count() == 0 and right.exceptAll(left).count() == 0
+
+
+@pytest.fixture(scope="module")
+def lines(spark):
+    return canonical_lines(spark).cache()
+
+
+def test_incremental_refreshes_equal_a_full_recompute(spark, lines, tmp_path):
+    clean, daily, refresh_log = (str(tmp_path / name) for name in ("clean", "daily", "log"))
+    last_day, second_last, late_day = AS_OF - timedelta(days=1), AS_OF - timedelta(days=2), START + timedelta(days=40)
+    day = F.to_date("ts")
+    late = (day == F.lit(late_day)) & (F.col("customer_id") < "c3")  # held back, arrives after the newer days
+    history = lines.filter((day < F.lit(second_last)) & ~late)
+
+    def append(batch: DataFrame) -> store.RefreshResult:
+        io.append_delta(store.with_tx_date(batch), clean, partition_by=[store.TX_DATE])
+        io.enable_change_feed(spark, clean)
+        return store.refresh_daily(spark, clean, daily, refresh_log, refresh="incremental", run_id="t")
+
+    first = append(history)
+    assert first.mode == "full" and first.reason.startswith("first refresh")
+    second = append(lines.filter(day == F.lit(second_last)))
+    assert (second.mode, second.days) == ("incremental", (second_last,))
+    third = append(lines.filter((day == F.lit(last_day)) | late))
+    assert (third.mode, third.days) == ("incremental", (late_day, last_day))
+    unchanged = store.refresh_daily(spark, clean, daily, refresh_log, refresh="incremental", run_id="t")
+    assert unchanged.mode == "unchanged"
+
+    settings = FeatureSettings()
+    incremental = derive_features(io.read_delta(spark, daily), AS_OF, settings)
+    assert_exactly_equal(incremental, customer_features(lines, AS_OF, settings))
+    # ... and the daily table itself equals one built from scratch.
+    full_daily = str(tmp_path / "full_daily")
+    store.refresh_daily(spark, clean, full_daily, str(tmp_path / "full_log"), refresh="full", run_id="t")
+    assert_exactly_equal(
+        io.read_delta(spark, daily).drop("category_spend", "channel_orders"),
+        io.read_delta(spark, full_daily).drop("category_spend", "channel_orders"),
+    )
+    log_rows = io.read_delta(spark, refresh_log).orderBy("source_version").collect()
+    assert [(r.mode, r.days_refreshed) for r in log_rows] == [
+        ("full", 98),
+        ("incremental", 1),
+        ("incremental", 2),
+        ("unchanged", 0),
+    ]
+
+
+def test_a_replaced_snapshot_triggers_a_full_refresh(spark, lines, tmp_path):
+    clean, daily, refresh_log = (str(tmp_path / name) for name in ("clean", "daily", "log"))
+    for _ in range(2):
+        io.write_delta(store.with_tx_date(lines), clean, partition_by=[store.TX_DATE])
+        io.enable_change_feed(spark, clean)
+        result = store.refresh_daily(spark, clean, daily, refresh_log, refresh="incremental", run_id="t")
+    assert result.mode == "full" and "replaced" in result.reason
+
+
+def test_future_events_never_leak_into_any_feature(spark, lines):
+    future = (
+        canonical_lines(spark, 500)
+        .withColumn(
+            "ts",
+            F.col("ts") + F.make_dt_interval(days=F.lit(DAYS)),  # from the as-of date on
+        )
+        .withColumn("category", F.lit("future-only"))
+    )
+    settings = FeatureSettings()
+    with_future = customer_features(lines.unionByName(future), AS_OF, settings)
+    assert "cat_future_only_share" not in with_future.columns
+    assert_exactly_equal(with_future, customer_features(lines, AS_OF, settings))
+
+
+@pytest.mark.parametrize("case", ["one customer", "all identical", "one day"])
+def test_degenerate_inputs_give_features(spark, lines, case):
+    if case == "one customer":
+        tx = lines.filter(F.col("customer_id") == "c7")
+    elif case == "all identical":
+        tx = lines.limit(1).crossJoin(spark.range(50).select(F.concat(F.lit("x"), "id").alias("new_id")))
+        tx = tx.withColumn("customer_id", F.col("new_id")).drop("new_id")
+    else:
+        tx = lines.filter(F.to_date("ts") == F.lit(START))
+    rows = customer_features(tx, AS_OF).collect()
+    expected_customers = tx.select("customer_id").distinct().count()
+    assert len(rows) == expected_customers > 0
+    if case == "all identical":
+        assert len({tuple(r.asDict().values())[1:] for r in rows}) == 1
