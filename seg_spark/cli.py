@@ -68,6 +68,8 @@ def _print_run(result) -> None:  # noqa: ANN001 - RunResult, imported lazily wit
         f"  input rows {counts.input_rows:,}: clean {counts.clean_rows:,}, quarantined "
         f"{counts.quarantined_rows:,} {counts.by_reason or ''}, duplicates removed {counts.duplicates_removed:,}"
     )
+    refresh = result.refresh
+    print(f"  features: {refresh.mode} refresh of the daily aggregates ({refresh.reason}), {refresh.seconds:.1f}s")
     print("  Delta tables:")
     for name, path in result.tables.items():
         print(f"    {name:<24} {path}")
