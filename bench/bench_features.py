@@ -18,10 +18,12 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import time
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
+from delta.tables import DeltaTable
 from pyspark.sql import functions as F
 
 from seg_spark import io, quality
@@ -57,7 +59,9 @@ def main() -> None:
     if not (generated / "transactions").is_dir():
         generator = GeneratorSettings(customers=args.customers, days=args.days, end_date=END)
         write_generated(spark, generator, str(generated))
-    clean_path, daily, refresh_log, features_path = (str(out / t) for t in ("clean", "daily", "log", "features"))
+    clean_path, daily, refresh_log, features_path, staged = (
+        str(out / t) for t in ("clean", "daily", "log", "features", "new_day")
+    )
     last_day = END - timedelta(days=1)
     if not io.is_delta_table(spark, clean_path):
         raw = spark.read.parquet(str(generated / "transactions"))
@@ -67,15 +71,20 @@ def main() -> None:
         clean = store.with_tx_date(result.clean)
         io.write_delta(clean, clean_path, partition_by=[store.TX_DATE])
         result.release()
-    io.enable_change_feed(spark, clean_path)
-    table = io.read_delta(spark, clean_path)
-    # The last day is held back to be appended as the "new day"; restore it from the full set first.
-    held_back = table.filter(F.col(store.TX_DATE) == F.lit(last_day)).cache()
+        io.enable_change_feed(spark, clean_path)
+        # The last day is held back (staged as Parquet) to be appended as the "new day".
+        io.read_delta(spark, clean_path).filter(F.col(store.TX_DATE) == F.lit(last_day)).write.mode(
+            "overwrite"
+        ).parquet(staged)
+        DeltaTable.forPath(spark, clean_path).delete(F.col(store.TX_DATE) == F.lit(last_day))
+    else:
+        # A rerun: put the clean table back to history only.
+        DeltaTable.forPath(spark, clean_path).delete(F.col(store.TX_DATE) == F.lit(last_day))
+    held_back = spark.read.parquet(staged)
     day_rows = held_back.count()
-    from delta.tables import DeltaTable
-
-    DeltaTable.forPath(spark, clean_path).delete(F.col(store.TX_DATE) == F.lit(last_day))
     history_rows = io.read_delta(spark, clean_path).count()
+    for stale in (daily, refresh_log, features_path):
+        shutil.rmtree(stale, ignore_errors=True)
     settings = FeatureSettings()
 
     def refresh_and_derive(mode: str, as_of: date) -> None:
@@ -95,6 +104,7 @@ def main() -> None:
         "history_rows": history_rows,
         "new_day_rows": day_rows,
         "incremental_mode": refreshed.mode,
+        "rows_per_day_aggregated": "all" if refreshed.mode == "full" else day_rows,
         "days_refreshed": refreshed.days_refreshed,
         "full_seconds": round(full, 1),
         "append_seconds": round(append, 1),

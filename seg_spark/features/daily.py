@@ -1,9 +1,11 @@
 """The daily per-customer aggregate: the additive state every as-of feature is derived from.
 
 lines --(customer, day, order)--> orders --(customer, day)--> one row per customer and day.
-Money and quantities are summed as DECIMAL(38, 6), so re-aggregating a day or summing the
+Money and quantities are summed as DECIMAL(18, 6), so re-aggregating a day or summing the
 days in another order gives exactly the same numbers: an incremental refresh equals a
-full recompute bit for bit. An order is placed in the day of its lines (an order whose
+full recompute bit for bit. Precision 18 keeps Spark on its fast long-backed decimal path
+and Parquet on 8-byte integers; one customer-day above 10^12 would fail loudly (ANSI), not wrap.
+An order is placed in the day of its lines (an order whose
 lines straddle midnight counts once on each day).
 """
 
@@ -16,7 +18,7 @@ from pyspark.sql.window import Window
 
 from seg_spark.features.catalogue import DAYPARTS
 
-MONEY = T.DecimalType(38, 6)
+MONEY = T.DecimalType(18, 6)
 UNKNOWN = "unknown"
 DAILY_KEY = ("customer_id", "day")
 INPUT_COLUMNS = (
@@ -119,8 +121,9 @@ def daily_aggregates(tx: DataFrame) -> DataFrame:
             "_channel_orders"
         ),
     )
+    money = ("net", "gross", "max_order_gross", "items", "discount", "returned")
     return days.select(
-        *[c for c in days.columns if not c.startswith("_")],
+        *[F.col(c).cast(MONEY).alias(c) if c in money else F.col(c) for c in days.columns if not c.startswith("_")],
         sum_by_key(F.col("_category_lines"), MONEY).alias("category_spend"),
         sum_by_key(F.col("_channel_orders"), T.IntegerType()).alias("channel_orders"),
     )
