@@ -153,6 +153,16 @@ def features_from_daily(daily: DataFrame, as_of: date, settings: FeatureSettings
     return per_customer.select("customer_id", *_feature_columns(families, settings.windows_days, keys, as_of))
 
 
+def _shares_with_other(keys: Sequence[tuple[str, str]], total: Column, zero: Column, other: str) -> list[Column]:
+    """One share column per top key (its per-customer sum / ``total``) and the rest as ``other``."""
+    columns, covered = [], zero
+    for _, col in keys:
+        part = F.coalesce(F.col(f"_{col}"), F.lit(0))
+        columns.append(_ratio(part, total).alias(col))
+        covered = covered + part
+    return [*columns, _ratio(total - covered, total).alias(other)]
+
+
 def _feature_columns(families: set[str], windows: Sequence[int], keys: MixKeys, as_of: date) -> list[Column]:
     """Turn the per-customer sums of ``features_from_daily`` into the catalogue's features."""
     c = F.col
@@ -188,16 +198,8 @@ def _feature_columns(families: set[str], windows: Sequence[int], keys: MixKeys, 
             _ratio(frequency, c("_active_months")).alias("orders_per_active_month"),
         ]
     if "mix" in families:
-        category_total = F.lit(0).cast(EXACT)
-        for _, col in keys.categories:
-            columns.append(_ratio(F.coalesce(c(f"_{col}"), F.lit(0)), gross).alias(col))
-            category_total = category_total + F.coalesce(c(f"_{col}"), F.lit(0))
-        columns.append(_ratio(gross - category_total, gross).alias("cat_other_share"))
-        channel_total = F.lit(0)
-        for _, col in keys.channels:
-            columns.append(_ratio(F.coalesce(c(f"_{col}"), F.lit(0)), frequency).alias(col))
-            channel_total = channel_total + F.coalesce(c(f"_{col}"), F.lit(0))
-        columns.append(_ratio(frequency - channel_total, frequency).alias("channel_other_share"))
+        columns += _shares_with_other(keys.categories, gross, F.lit(0).cast(EXACT), "cat_other_share")
+        columns += _shares_with_other(keys.channels, frequency, F.lit(0), "channel_other_share")
         columns += [_ratio(c(f"_dow_{day}"), frequency).alias(f"dow_{day}_share") for day in DAYS_OF_WEEK]
         columns.append(_ratio(c("_dow_sat") + c("_dow_sun"), frequency).alias("weekend_share"))
         columns += [_ratio(c(f"_daypart_{name}"), frequency).alias(f"daypart_{name}_share") for name, _, _ in DAYPARTS]
