@@ -25,6 +25,7 @@ setup(
         "pydantic==2.14.3",
         "pandas==2.3.3",  # PySpark warns on pandas 3
         "pyarrow==25.0.1",
+        "numpy==2.4.6",  # pyspark.ml and the metrics on per-segment summaries
     ],
     extras_require={
         "dev": [

@@ -70,19 +70,33 @@ def _print_run(result) -> None:  # noqa: ANN001 - RunResult, imported lazily wit
     )
     refresh = result.refresh
     print(f"  features: {refresh.mode} refresh of the daily aggregates ({refresh.reason}), {refresh.seconds:.1f}s")
+    state = result.state
+    print(f"            running state {state.mode} ({state.reason}), {state.seconds:.1f}s")
     print("  Delta tables:")
     for name, path in result.tables.items():
         print(f"    {name:<24} {path}")
     if result.mlflow_run_id:
         print(f"  MLflow: run {result.mlflow_run_id} in {result.tracking_uri}")
         print(f"          model {result.model_uri} (version {result.model_version})")
-    m = result.metrics
+    m, chosen = result.metrics, result.selection
+    print(f"  model: {chosen['algorithm']} k={chosen['k']} ({chosen['reason']})")
     line = (
-        f"  fit: silhouette {m['silhouette']:.3f}, WSSSE {m['wssse']:.1f}, {int(m['customers_modelled']):,} customers"
+        f"  fit on a sample of {int(m['selection_sample_rows']):,}: silhouette {m.get('silhouette', float('nan')):.3f}"
     )
-    if "ari_vs_planted" in m:
-        line += f", adjusted Rand vs planted archetypes {m['ari_vs_planted']:.3f}"
+    line += f", Calinski-Harabasz {m.get('calinski_harabasz', float('nan')):.1f}"
+    line += f", Davies-Bouldin {m.get('davies_bouldin', float('nan')):.3f}; {int(m['customers_modelled']):,} customers"
     print(line)
+    if "stability_mean_ari" in m:
+        unstable = chosen["unstable_segments"]
+        print(
+            f"  stability: mean adjusted Rand {m['stability_mean_ari']:.3f} over {chosen['bootstraps']} bootstraps; "
+            + (f"unstable segments {unstable}" if unstable else "no unstable segment")
+        )
+    if "truth_adjusted_rand_index" in m:
+        print(
+            f"  vs known labels: adjusted Rand {m['truth_adjusted_rand_index']:.3f}, "
+            f"V-measure {m['truth_v_measure']:.3f}"
+        )
     if result.segment_summary:
         columns = list(result.segment_summary[0])
         print("  segments:")
@@ -134,7 +148,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for noisy in ("py4j", "mlflow", "alembic", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     from seg_spark.io import SourceError
-    from seg_spark.models.clustering import ModelInputError
+    from seg_spark.models.clustering import FitTimeoutError, ModelInputError
+    from seg_spark.models.prep import PreparationError
     from seg_spark.privacy import PrivacyError
     from seg_spark.quality import MappingError, QualityThresholdError, ReconciliationError
 
@@ -150,6 +165,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         QualityThresholdError,
         PrivacyError,
         ModelInputError,
+        PreparationError,
+        FitTimeoutError,
     ) as exc:
         print(f"seg-spark: {exc}", file=sys.stderr)
         return EXIT_DATA

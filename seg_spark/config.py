@@ -93,9 +93,12 @@ class TableNames(_Strict):
     events_clean: str = "events_clean"
     customer_daily: str = "customer_daily"
     feature_refresh_log: str = "feature_refresh_log"
+    customer_state: str = "customer_state"
     product_groups: str = "product_groups"
     customer_features: str = "customer_features"
     customer_segments: str = "customer_segments"
+    model_selection: str = "model_selection"
+    segment_hierarchy: str = "segment_hierarchy"
 
 
 class TrackingSettings(_Strict):
@@ -431,20 +434,79 @@ class PrepSettings(_Strict):
         return value
 
 
+Algorithm = Literal["kmeans", "bisecting_kmeans", "gaussian_mixture"]
+
+
+class SelectionSettings(_Strict):
+    """Model selection: sweep k (and algorithms) on a sample and pick a winner."""
+
+    enabled: bool = Field(default=True, description="false: fit model.algorithm with model.k directly.")
+    k_min: int = Field(default=2, ge=2)
+    k_max: int = Field(default=10, ge=2)
+    algorithms: tuple[Algorithm, ...] = Field(default=(), description="Algorithms swept; empty: only model.algorithm.")
+    rule: Literal["silhouette", "calinski_harabasz", "davies_bouldin", "bic", "elbow"] = Field(
+        default="silhouette",
+        description="Best silhouette / Calinski-Harabasz (highest), Davies-Bouldin / BIC (lowest, BIC: GMM only), "
+        "or the WSSSE elbow, among candidates whose smallest segment is at least min_segment_share.",
+    )
+    min_segment_share: float = Field(default=0.02, ge=0, lt=1)
+    sample_rows: int = Field(
+        default=200_000, ge=100, description="Customers in the selection sample (stratified by activity)."
+    )
+    strata: int = Field(default=5, ge=1, description="Activity bands (frequency quantiles) the sample is drawn from.")
+
+    @model_validator(mode="after")
+    def _range(self) -> SelectionSettings:
+        if self.k_max < self.k_min:
+            raise ValueError(f"k_max ({self.k_max}) must be at least k_min ({self.k_min})")
+        return self
+
+
+class StabilitySettings(_Strict):
+    """Bootstrap stability of the chosen model."""
+
+    bootstraps: int = Field(default=5, ge=0, description="Refits on bootstrap resamples of the sample; 0: skip.")
+    min_jaccard: float = Field(
+        default=0.6, ge=0, le=1, description="Segments whose mean best Jaccard overlap is below this are flagged."
+    )
+
+
 class ModelSettings(_Strict):
     """The segmentation model."""
 
     name: str = "seg-spark-segments"
-    algorithm: Literal["kmeans"] = "kmeans"
-    k: int = Field(default=6, ge=2)
+    algorithm: Algorithm = Field(
+        default="kmeans", description="kmeans (k-means|| init) | bisecting_kmeans | gaussian_mixture."
+    )
+    k: int = Field(default=6, ge=2, description="Segments when selection is off (else chosen by the sweep).")
     max_iter: int = Field(default=50, ge=1)
     tol: float = Field(default=1e-4, ge=0)
     seed: int = 42
+    min_divisible_cluster_size: float = Field(
+        default=1.0, gt=0, description="bisecting_kmeans: smallest cluster split (count, or share if < 1)."
+    )
+    gmm_regularization: float = Field(
+        default=0.05,
+        ge=0,
+        description="gaussian_mixture: std of a deterministic jitter added to the prepared (unit-spread) vectors "
+        "before fitting, so point masses (e.g. every one-order customer) cannot collapse a component onto a "
+        "singular covariance; 0: off (collapses are then rejected).",
+    )
+    fit_timeout_seconds: float = Field(
+        default=1800, gt=0, description="Wall-clock limit per fit; a fit over it is cancelled and reported."
+    )
     features: tuple[str, ...] = Field(
         default=RFM_FEATURES,
         description="Feature columns (see docs/FEATURES.md); globs like cat_*_share select dynamic ones.",
     )
+    validation_label: str | None = Field(
+        default=None,
+        description="A customer_features column holding known labels (e.g. a profile_* column) to score the "
+        "segments against (adjusted Rand, homogeneity, completeness, V-measure); the demo uses its planted truth.",
+    )
     prep: PrepSettings = Field(default_factory=PrepSettings)
+    selection: SelectionSettings = Field(default_factory=SelectionSettings)
+    stability: StabilitySettings = Field(default_factory=StabilitySettings)
 
 
 class RunSettings(_Strict):

@@ -113,6 +113,8 @@ def write_delta(
     *,
     partition_by: Sequence[str] = (),
     replace_where: str | None = None,
+    commit_metadata: str | None = None,
+    table_properties: dict[str, str] | None = None,
 ) -> None:
     """Write ``df`` to a Delta table, replacing all of it or only the rows matching a predicate.
 
@@ -126,6 +128,8 @@ def write_delta(
         partition_by: Partition columns (used when the table is created).
         replace_where: SQL predicate selecting the rows this write replaces; None
             replaces the whole table.
+        commit_metadata: Stored with the commit (``userMetadata`` in the table's history).
+        table_properties: Delta table properties (``delta.*``) set when the write creates the table.
     """
     writer = df.write.format("delta").mode("overwrite")
     if partition_by:
@@ -136,6 +140,10 @@ def write_delta(
     else:
         # A full replace means the whole table, whatever the session's partitionOverwriteMode.
         writer = writer.option("overwriteSchema", "true").option("partitionOverwriteMode", "static")
+    for name, value in (table_properties or {}).items():
+        writer = writer.option(name, value)
+    if commit_metadata is not None:
+        writer = writer.option("userMetadata", commit_metadata)
     log.debug("writing Delta table %s (replaceWhere=%s)", path, replace_where)
     writer.save(path)
 

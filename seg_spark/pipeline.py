@@ -20,10 +20,10 @@ from pyspark.sql import functions as F
 from seg_spark import io, quality, synth, tracking
 from seg_spark.config import Settings, SourceBase, SourceSettings
 from seg_spark.features import products, store
-from seg_spark.features.behaviour import derive_features, with_rfm_scores
+from seg_spark.features.behaviour import features_from_state, mix_keys, with_rfm_scores
 from seg_spark.features.side import with_events, with_profiles
-from seg_spark.models import clustering
-from seg_spark.models.validation import adjusted_rand_index
+from seg_spark.models import clustering, selection
+from seg_spark.models.validation import label_agreement
 from seg_spark.privacy import pseudonym_key
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,9 @@ class RunResult:
     counts: quality.IngestCounts
     metrics: dict[str, float]
     refresh: store.RefreshResult
+    state: store.StateResult
     segment_summary: list[dict[str, Any]]
+    selection: dict[str, Any]
     mlflow_run_id: str | None = None
     model_uri: str | None = None
     model_version: str | None = None
@@ -156,18 +158,24 @@ def _write_transactions(spark: SparkSession, clean: DataFrame, path: str, mode: 
     io.enable_change_feed(spark, path)
 
 
+@dataclass
+class FeatureBuild:
+    """This run's as-of features (persisted: unpersist after writing) and how they were made."""
+
+    features: DataFrame
+    as_of: date
+    refresh: store.RefreshResult
+    state: store.StateResult
+    tables: list[str]
+
+
 def build_features(
     spark: SparkSession, settings: Settings, run_id: str, paths: dict[str, str], side_tables: list[str]
-) -> tuple[DataFrame, date, store.RefreshResult, list[str]]:
-    """Refresh the daily aggregates and derive this as-of date's features (not yet written).
-
-    Returns:
-        The features (persisted: unpersist after writing), the as-of date, what the
-        refresh did, and the tables it wrote.
-    """
+) -> FeatureBuild:
+    """Refresh the daily aggregates and the running state, and derive this as-of date's features."""
     config = settings.features
     clean = io.read_delta(spark, paths["transactions_clean"])
-    written = ["customer_daily", "feature_refresh_log"]
+    written = ["customer_daily", "feature_refresh_log", "customer_state"]
     prepare, refresh = (lambda lines: lines), config.refresh
     if products.needs_groups(clean, config.product_groups):
         model_path = settings.storage_path("models/product_groups")
@@ -187,9 +195,11 @@ def build_features(
         run_id=run_id,
         prepare=prepare,
     )
-    daily = io.read_delta(spark, paths["customer_daily"])
-    as_of = config.as_of_date or default_as_of(daily)
-    features = derive_features(daily, as_of, config)
+    as_of = config.as_of_date or default_as_of(io.read_delta(spark, paths["customer_daily"]))
+    state, state_done = store.refresh_state(
+        spark, paths["customer_daily"], paths["customer_state"], paths["feature_refresh_log"], as_of, config
+    )
+    features = features_from_state(state, as_of, config, mix_keys(state, config))
     if "customer_profiles" in side_tables:
         features = with_profiles(features, io.read_delta(spark, paths["customer_profiles"]), as_of)
     if "events_clean" in side_tables:
@@ -197,7 +207,7 @@ def build_features(
     features = features.persist(StorageLevel.MEMORY_AND_DISK)
     features = with_rfm_scores(features, settings.model.prep.quantile_error)
     features = features.select("*", F.lit(as_of).alias("as_of_date"), F.lit(run_id).alias("run_id"))
-    return features, as_of, refreshed, written
+    return FeatureBuild(features, as_of, refreshed, state_done, written)
 
 
 def run_pipeline(spark: SparkSession, settings: Settings) -> RunResult:
@@ -243,43 +253,70 @@ def run_pipeline(spark: SparkSession, settings: Settings) -> RunResult:
         quality.check_thresholds(ingested, settings.quality.thresholds)
 
         progress.stage("features: daily aggregates (incremental) and as-of features")
-        features, as_of, refreshed, feature_tables = build_features(spark, settings, run_id, paths, written)
+        built = build_features(spark, settings, run_id, paths, written)
+        as_of, refreshed = built.as_of, built.refresh
         as_of_filter = f"as_of_date = '{as_of.isoformat()}'"
         try:
             io.write_delta(
-                features, paths["customer_features"], partition_by=["as_of_date"], replace_where=as_of_filter
+                built.features, paths["customer_features"], partition_by=["as_of_date"], replace_where=as_of_filter
             )
         finally:
-            features.unpersist()
-        written += feature_tables
-        tracking.log_metrics({"feature_refresh_seconds": refreshed.seconds})
+            built.features.unpersist()
+        written += built.tables
+        state = built.state
+        tracking.log_metrics({"feature_refresh_seconds": refreshed.seconds, "feature_state_seconds": state.seconds})
+        days = [d.isoformat() for d in refreshed.days]
         tracking.log_summary(
-            {"mode": refreshed.mode, "reason": refreshed.reason, "days": [d.isoformat() for d in refreshed.days]},
+            {
+                "daily": {"mode": refreshed.mode, "reason": refreshed.reason, "days": days},
+                "state": {"mode": state.mode, "reason": state.reason},
+            },
             "feature_refresh.json",
-            tags={"feature_refresh_mode": refreshed.mode},
+            tags={"feature_refresh_mode": refreshed.mode, "feature_state_mode": state.mode},
         )
 
-        progress.stage(f"segmenting: k-means, k={settings.model.k}")
+        model_settings = settings.model
+        sweep = model_settings.selection
+        progress.stage(
+            f"segmenting: {'/'.join(sweep.algorithms or (model_settings.algorithm,))} "
+            + (f"k={sweep.k_min}..{sweep.k_max} (model selection)" if sweep.enabled else f"k={model_settings.k}")
+        )
         stored = io.read_delta(spark, paths["customer_features"]).filter(F.col("as_of_date") == F.lit(as_of))
-        model_features = clustering.resolve_features(stored.columns, settings.model)
+        model_features = clustering.resolve_features(stored.columns, model_settings)
         data = clustering.model_input(stored).persist(StorageLevel.MEMORY_AND_DISK)
         try:
-            fitted = clustering.fit(data, settings.model, model_features)
-            metrics = dict(fitted.metrics)
+            seg = selection.segment(spark, data, model_features, model_settings)
+        finally:
+            data.unpersist()
+        try:
+            metrics = dict(seg.metrics)
             metrics["customers_not_modelled"] = float(stored.count() - metrics["customers_modelled"])
-            tracking.log_summary({"features": fitted.preparation.report()}, "preparation.json")
+            tracking.log_summary({"features": seg.preparation.report()}, "preparation.json")
+            tracking.log_summary(
+                {"rule": seg.rule, "reason": seg.reason, "candidates": [c.record() for c in seg.candidates]},
+                "model_selection.json",
+                tags={"algorithm": seg.algorithm, "k": str(seg.k)},
+            )
+            tracking.log_summary(seg.stability, "stability.json")
+            selection_rows = selection.selection_rows(spark, seg, run_id, as_of)
+            io.write_delta(selection_rows, paths["model_selection"], replace_where=f"run_id = '{run_id}'")
+            written.append("model_selection")
+            if seg.hierarchy is not None:
+                tracking.log_summary({"nodes": seg.hierarchy}, "segment_hierarchy.json")
+                hierarchy = selection.hierarchy_rows(spark, seg.hierarchy, run_id, as_of)
+                io.write_delta(hierarchy, paths["segment_hierarchy"], replace_where=f"run_id = '{run_id}'")
+                written.append("segment_hierarchy")
             model_uri = model_version = None
             if mlflow_run_id and settings.tracking.log_model:
                 model_uri, model_version = tracking.log_spark_model(
-                    fitted.model, settings.model.name if settings.tracking.register_model else None
+                    seg.model, model_settings.name if settings.tracking.register_model else None
                 )
-            scored = fitted.model.transform(data)
-            segments = scored.select(
-                "customer_id",
-                F.col(clustering.SEGMENT_COL).cast("int").alias("segment_id"),
+            segments = seg.assignments.select(
+                "*",
+                F.lit(seg.algorithm).alias("algorithm"),
                 F.lit(as_of).alias("as_of_date"),
                 F.lit(run_id).alias("run_id"),
-                F.lit(settings.model.name).alias("model_name"),
+                F.lit(model_settings.name).alias("model_name"),
                 F.lit(model_version or "unregistered").alias("model_version"),
             )
             progress.stage("publishing customer_segments")
@@ -287,19 +324,24 @@ def run_pipeline(spark: SparkSession, settings: Settings) -> RunResult:
                 segments, paths["customer_segments"], partition_by=["as_of_date"], replace_where=as_of_filter
             )
         finally:
-            data.unpersist()
+            seg.release()
 
         published = (
             io.read_delta(spark, paths["customer_segments"])
             .filter(as_of_filter)
+            .select("customer_id", "segment_id")
             .join(stored.drop("run_id", "as_of_date"), "customer_id")
         )
-        summary = _segment_summary(published, fitted.preparation.kept)
+        summary = _segment_summary(published, seg.preparation.kept)
+        truth = None
         if truth_path and key is None:
-            truth = spark.read.parquet(truth_path)
-            metrics["ari_vs_planted"] = adjusted_rand_index(
-                published.join(truth, "customer_id"), "archetype", "segment_id"
-            )
+            truth = spark.read.parquet(truth_path).select("customer_id", F.col("archetype").alias("_truth"))
+        elif model_settings.validation_label:
+            truth = stored.select("customer_id", F.col(model_settings.validation_label).alias("_truth"))
+        if truth is not None:
+            labelled = published.join(truth.filter(F.col("_truth").isNotNull()), "customer_id")
+            agreement = label_agreement(labelled, "_truth", "segment_id")
+            metrics.update({f"truth_{name}": value for name, value in agreement.items()})
         written += ["customer_features", "customer_segments"]
         if settings.storage.database:
             for name in written:
@@ -317,7 +359,16 @@ def run_pipeline(spark: SparkSession, settings: Settings) -> RunResult:
         counts=counts,
         metrics=metrics,
         refresh=refreshed,
+        state=state,
         segment_summary=summary,
+        selection={
+            "algorithm": seg.algorithm,
+            "k": seg.k,
+            "rule": seg.rule,
+            "reason": seg.reason,
+            "bootstraps": seg.stability.get("bootstraps", 0),
+            "unstable_segments": seg.stability.get("unstable_segments", []),
+        },
         mlflow_run_id=mlflow_run_id,
         model_uri=model_uri,
         model_version=model_version,

@@ -106,3 +106,14 @@ def log_spark_model(model: Any, registered_name: str | None) -> tuple[str, str |
     )
     version = info.registered_model_version
     return info.model_uri, None if version is None else str(version)
+
+
+@contextmanager
+def nested_run(run_name: str, params: Mapping[str, Any]) -> Iterator[None]:
+    """A child run of the active run (e.g. one model-selection candidate); nothing when none is active."""
+    if mlflow.active_run() is None:
+        yield
+        return
+    with mlflow.start_run(run_name=run_name, nested=True):
+        mlflow.log_params({k: str(v) for k, v in params.items()})
+        yield

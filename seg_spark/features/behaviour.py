@@ -1,9 +1,9 @@
-"""Behavioural features per customer as of a date, derived from the daily aggregates in one pass.
+"""Behavioural features per customer as of a date, derived from the customers' running state.
 
-customer-days --(window by customer: gap to the previous purchase day)--> one aggregation by
-customer. The window and the aggregation share one partitioning by customer, so the days
-are shuffled once. Only days strictly before the as-of date are used, which is the same
-as using only transactions strictly before it (days are UTC dates of the timestamps).
+daily aggregates --(``state.state_from_daily``: one window + one aggregation by customer, or
+``state.advance_state`` from an earlier state)--> per-customer state --(column arithmetic)-->
+features. Only days strictly before the as-of date are used, which is the same as using only
+transactions strictly before it (days are UTC dates of the timestamps).
 """
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ from datetime import date
 
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
-from pyspark.sql.window import Window
 
 from seg_spark.config import FeatureSettings
 from seg_spark.features.catalogue import DAYPARTS, DAYS_OF_WEEK, RFM_SEGMENT_RULES, slug
 from seg_spark.features.daily import INPUT_COLUMNS, daily_aggregates
 from seg_spark.features.rfm import before
+from seg_spark.features.state import state_from_daily
 
 SECONDS_PER_DAY = 86_400
 EXACT = "decimal(38,0)"
@@ -47,11 +47,10 @@ def _named(values: Sequence[str], prefix: str) -> tuple[tuple[str, str], ...]:
     return tuple(pairs)
 
 
-def top_keys(daily: DataFrame, column: str, n: int, as_of: date) -> list[str]:
-    """The ``n`` keys of a map column with the largest totals before ``as_of`` (ties by key)."""
+def top_keys(state: DataFrame, column: str, n: int) -> list[str]:
+    """The ``n`` keys of a state map column with the largest totals over customers (ties by key)."""
     ranked = (
-        daily.filter(F.col("day") < F.lit(as_of))
-        .select(F.explode(column).alias("key", "value"))
+        state.select(F.explode(column).alias("key", "value"))
         .groupBy("key")
         .agg(F.sum("value").alias("total"))
         .orderBy(F.desc("total"), "key")
@@ -61,14 +60,14 @@ def top_keys(daily: DataFrame, column: str, n: int, as_of: date) -> list[str]:
     return [row["key"] for row in ranked]
 
 
-def mix_keys(daily: DataFrame, as_of: date, settings: FeatureSettings) -> MixKeys:
+def mix_keys(state: DataFrame, settings: FeatureSettings) -> MixKeys:
     """Which categories and channels get share columns: configured, or the top ones by spend/orders."""
     if "mix" not in settings.families:
         return MixKeys()
     categories = settings.mix.categories
     if categories is None:
-        categories = top_keys(daily, "category_spend", settings.mix.top_categories, as_of)
-    channels = top_keys(daily, "channel_orders", settings.mix.top_channels, as_of)
+        categories = top_keys(state, "_category_spend", settings.mix.top_categories)
+    channels = top_keys(state, "_channel_orders", settings.mix.top_channels)
     return MixKeys(categories=_named(categories, "cat"), channels=_named(channels, "channel"))
 
 
@@ -81,13 +80,13 @@ def _trend(recent: Column, prior: Column) -> Column:
     return _ratio(recent - prior, recent + prior)
 
 
-def features_from_daily(daily: DataFrame, as_of: date, settings: FeatureSettings, keys: MixKeys) -> DataFrame:
-    """Every feature of the configured families for each customer with a day before ``as_of``.
+def features_from_state(state: DataFrame, as_of: date, settings: FeatureSettings, keys: MixKeys) -> DataFrame:
+    """Every feature of the configured families from the customers' running state.
 
     Args:
-        daily: Daily per-customer aggregates (``daily_aggregates``), any number of days.
-        as_of: Only days strictly before it are used.
-        settings: The ``features`` section (families, windows).
+        state: The state as of ``as_of`` (``state.state_from_daily`` or ``state.advance_state``).
+        as_of: The state's as-of date (recency and tenure count days up to it).
+        settings: The ``features`` section the state was built with.
         keys: Share columns of the mix family (``mix_keys``).
 
     Returns:
@@ -95,62 +94,14 @@ def features_from_daily(daily: DataFrame, as_of: date, settings: FeatureSettings
         null for a customer whose only lines are returns.
     """
     families = set(settings.families)
-    days = daily.filter(F.col("day") < F.lit(as_of))
+    extra = {}
     if "cadence" in families:
-        earlier = Window.partitionBy("customer_id").orderBy("day").rowsBetween(Window.unboundedPreceding, -1)
-        previous = F.last("last_purchase_ts", ignorenulls=True).over(earlier)
-        gap = (F.unix_seconds("first_purchase_ts") - F.unix_seconds(previous)).cast(EXACT)
-        days = days.withColumn("_cross_gap_sq", gap * gap)
-    age = F.datediff(F.lit(as_of), F.col("day"))
-    orders = F.col("purchase_orders")
-
-    aggregates = [
-        F.sum(orders).alias("_orders"),
-        F.sum("net").alias("_net"),
-        F.sum("gross").alias("_gross"),
-        F.max("last_purchase_ts").alias("_last_purchase"),
-    ]
-    if "value" in families:
-        aggregates += [
-            F.max("max_order_gross").alias("_max_order"),
-            F.sum("items").alias("_items"),
-            F.sum("basket_products").alias("_basket_products"),
-            F.sum("discount").alias("_discount"),
-        ]
-    if "cadence" in families:
-        aggregates += [
-            F.min("first_ts").alias("_first_ts"),
-            F.min("first_purchase_ts").alias("_first_purchase"),
-            F.sum(F.col("gap_sq_within").cast(EXACT)).alias("_gap_sq_within"),
-            F.coalesce(F.sum("_cross_gap_sq"), F.lit(0).cast(EXACT)).alias("_gap_sq_across"),
-            # collect_set of at most one value per month: no Expand, unlike a countDistinct
-            F.size(F.collect_set(F.when(orders > 0, F.trunc("day", "month")))).alias("_active_months"),
-        ]
+        extra["_active_months"] = F.size("_months")
     if "mix" in families:
-        weekday = F.dayofweek("day")  # 1 = Sunday ... 7 = Saturday
-        aggregates += [
-            F.sum(F.when(weekday == (i + 1) % 7 + 1, orders).otherwise(0)).alias(f"_dow_{day}")
-            for i, day in enumerate(DAYS_OF_WEEK)
-        ]
-        aggregates += [F.sum(f"orders_{name}").alias(f"_daypart_{name}") for name, _, _ in DAYPARTS]
-        aggregates += [F.sum(F.col("category_spend")[value]).alias(f"_{col}") for value, col in keys.categories]
-        aggregates += [F.sum(F.col("channel_orders")[value]).alias(f"_{col}") for value, col in keys.channels]
-    if "trend" in families:
-        for w in settings.windows_days:
-            recent, prior = (age <= w), (age > w) & (age <= 2 * w)
-            aggregates += [
-                F.sum(F.when(recent, F.col("gross"))).alias(f"_spend_{w}"),
-                F.sum(F.when(prior, F.col("gross"))).alias(f"_spend_prior_{w}"),
-                F.sum(F.when(recent, orders)).alias(f"_orders_{w}"),
-                F.sum(F.when(prior, orders)).alias(f"_orders_prior_{w}"),
-            ]
-        aggregates += [
-            F.sum("returned").alias("_returned"),
-            F.sum("lines").alias("_lines"),
-            F.sum("return_lines").alias("_return_lines"),
-        ]
-    per_customer = days.groupBy("customer_id").agg(*aggregates)
-    return per_customer.select("customer_id", *_feature_columns(families, settings.windows_days, keys, as_of))
+        extra.update({f"_{col}": F.col("_category_spend")[value] for value, col in keys.categories})
+        extra.update({f"_{col}": F.col("_channel_orders")[value] for value, col in keys.channels})
+    columns = _feature_columns(families, settings.windows_days, keys, as_of)
+    return state.withColumns(extra).select("customer_id", *columns)
 
 
 def _shares_with_other(keys: Sequence[tuple[str, str]], total: Column, zero: Column, other: str) -> list[Column]:
@@ -164,7 +115,7 @@ def _shares_with_other(keys: Sequence[tuple[str, str]], total: Column, zero: Col
 
 
 def _feature_columns(families: set[str], windows: Sequence[int], keys: MixKeys, as_of: date) -> list[Column]:
-    """Turn the per-customer sums of ``features_from_daily`` into the catalogue's features."""
+    """Turn the running state's sums into the catalogue's features."""
     c = F.col
     frequency, gross = c("_orders"), c("_gross")
     columns = [
@@ -220,8 +171,9 @@ def _feature_columns(families: set[str], windows: Sequence[int], keys: MixKeys, 
 
 
 def derive_features(daily: DataFrame, as_of: date, settings: FeatureSettings) -> DataFrame:
-    """As-of features from daily aggregates: pick the mix keys, then aggregate once."""
-    return features_from_daily(daily, as_of, settings, mix_keys(daily, as_of, settings))
+    """As-of features from daily aggregates: build the state, pick the mix keys, derive."""
+    state = state_from_daily(daily, as_of, settings)
+    return features_from_state(state, as_of, settings, mix_keys(state, settings))
 
 
 def customer_features(tx: DataFrame, as_of: date, settings: FeatureSettings | None = None) -> DataFrame:
@@ -233,7 +185,7 @@ def customer_features(tx: DataFrame, as_of: date, settings: FeatureSettings | No
         settings: The ``features`` section; defaults when omitted.
 
     Returns:
-        See ``features_from_daily``.
+        See ``features_from_state``.
     """
     settings = settings or FeatureSettings()
     daily = tx.select(*INPUT_COLUMNS).transform(before(as_of)).transform(daily_aggregates)

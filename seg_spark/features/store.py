@@ -4,18 +4,22 @@
 Each refresh records the source version it has aggregated in ``feature_refresh_log``. The
 next refresh reads the change feed since that version to find the days that changed (new
 days, late rows for old days, deletions), re-aggregates only those days from their
-partitions and MERGEs them into ``customer_daily`` (rows of those days that no longer
-exist are deleted). Because the daily state is exact (decimal sums), features derived from
-it equal a full recompute exactly.
+partitions and replaces those days' partitions of ``customer_daily``.
+
+The as-of features come from ``customer_state``, one row per customer, which is advanced
+from its previous as-of date by reading only the days entering and leaving the windows
+(``refresh_state``). Because every aggregate is exact (decimal and integer sums, min/max,
+sets), features derived this way equal a full recompute bit for bit.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 
 from pyspark.errors import AnalysisException
 from pyspark.sql import DataFrame, SparkSession
@@ -23,7 +27,9 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from seg_spark import io
+from seg_spark.config import FeatureSettings
 from seg_spark.features.daily import INPUT_COLUMNS, daily_aggregates
+from seg_spark.features.state import advance_state, state_from_daily
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +160,7 @@ def refresh_daily(
         first_day, last_day, n_days = bounds[0], bounds[1], int(bounds[2])
     elif mode == "incremental":
         lines = clean.filter(F.col(TX_DATE).isin(days)).select(*INPUT_COLUMNS)  # partition pruning
-        _merge_days(spark, daily_aggregates(prepare(lines)), daily_path, days)
+        _replace_days(daily_aggregates(prepare(lines)), daily_path, days)
         first_day, last_day, n_days = days[0], days[-1], len(days)
     else:
         first_day = last_day = None
@@ -167,17 +173,117 @@ def refresh_daily(
     return RefreshResult(mode=mode, reason=reason, source_version=version, days=tuple(days), seconds=seconds)
 
 
-def _merge_days(spark: SparkSession, fresh: DataFrame, daily_path: str, days: list[date]) -> None:
-    """MERGE re-aggregated days into the daily table; rows of those days not re-created are deleted."""
+def _replace_days(fresh: DataFrame, daily_path: str, days: list[date]) -> None:
+    """Replace the re-aggregated days' partitions: rows of those days not re-created disappear.
+
+    A partition-predicate ``replaceWhere`` drops those days' files from the metadata alone,
+    where a MERGE that deletes unmatched target rows would scan the whole table.
+    """
+    in_days = "day IN (" + ", ".join(f"DATE'{d.isoformat()}'" for d in days) + ")"
+    io.write_delta(fresh, daily_path, replace_where=in_days)
+
+
+@dataclass(frozen=True)
+class StateResult:
+    """What one refresh of the per-customer running state did."""
+
+    mode: str  # built | advanced | reused
+    reason: str
+    since: date | None  # the as-of date of the state it was advanced from
+    as_of: date
+    seconds: float
+
+
+def _state_settings(settings: FeatureSettings) -> dict[str, list]:
+    """The settings a state's columns depend on: a state built with others is rebuilt."""
+    return {"families": sorted(settings.families), "windows_days": list(settings.windows_days)}
+
+
+def _state_metadata(spark: SparkSession, state_path: str) -> dict | None:
+    """The as-of date, settings and refresh-log version recorded with the state's last commit."""
     from delta.tables import DeltaTable
 
-    in_days = "t.day IN (" + ", ".join(f"DATE'{d.isoformat()}'" for d in days) + ")"
-    (
-        DeltaTable.forPath(spark, daily_path)
-        .alias("t")
-        .merge(fresh.alias("s"), f"t.customer_id = s.customer_id AND t.day = s.day AND {in_days}")
-        .whenMatchedUpdateAll()
-        .whenNotMatchedInsertAll()
-        .whenNotMatchedBySourceDelete(condition=in_days)
-        .execute()
+    if not io.is_delta_table(spark, state_path):
+        return None
+    row = DeltaTable.forPath(spark, state_path).history(1).select("userMetadata").first()
+    try:
+        return json.loads(row[0]) if row and row[0] else None
+    except ValueError:
+        return None
+
+
+def _why_rebuild(
+    spark: SparkSession, metadata: dict | None, log_path: str, as_of: date, settings: FeatureSettings
+) -> str | None:
+    """Why the stored state cannot be advanced to ``as_of`` (None: it can)."""
+    if metadata is None:
+        return "no running state yet"
+    if metadata.get("settings") != _state_settings(settings):
+        return "feature families or windows changed"
+    since = date.fromisoformat(metadata["as_of"])
+    if as_of < since:
+        return f"as-of date {as_of} is before the state's {since}"
+    try:
+        seen = spark.read.format("delta").option("versionAsOf", metadata["log_version"]).load(log_path)
+        later = io.read_delta(spark, log_path).exceptAll(seen)
+        stale = later.filter((F.col("mode") == "full") | (F.col("first_day") < F.lit(since))).limit(1).collect()
+    except AnalysisException as exc:  # the log was recreated or vacuumed
+        return f"refresh log unreadable at version {metadata['log_version']} ({io.spark_error_summary(exc)})"
+    if stale:
+        return f"daily aggregates before {since} changed since the state was built ({stale[0].mode} refresh)"
+    return None
+
+
+def refresh_state(
+    spark: SparkSession,
+    daily_path: str,
+    state_path: str,
+    log_path: str,
+    as_of: date,
+    settings: FeatureSettings,
+) -> tuple[DataFrame, StateResult]:
+    """Bring the per-customer running state to ``as_of``: advance it when possible, else rebuild it.
+
+    The state is advanced (reading only the days entering and leaving the windows) when it
+    was built with the same families and windows, for an as-of date not after ``as_of``,
+    and no refresh since then touched a day before that date (a full refresh or late rows);
+    otherwise it is rebuilt from every daily row. Its as-of date, settings and the refresh
+    log's version are stored with the commit.
+
+    Args:
+        spark: The session.
+        daily_path: ``customer_daily``, already refreshed.
+        state_path: ``customer_state``, one row per customer.
+        log_path: ``feature_refresh_log`` (tells which days changed since the state was built).
+        as_of: The as-of date wanted.
+        settings: The ``features`` section.
+
+    Returns:
+        The state as of ``as_of`` (read from ``state_path``) and what was done.
+    """
+    started = time.monotonic()
+    metadata = _state_metadata(spark, state_path)
+    reason = _why_rebuild(spark, metadata, log_path, as_of, settings)
+    daily = io.read_delta(spark, daily_path)
+    since = None
+    if reason is not None:
+        mode, state = "built", state_from_daily(daily, as_of, settings)
+    else:
+        since = date.fromisoformat(metadata["as_of"])
+        if since == as_of:
+            mode, reason, state = "reused", f"the state is already as of {as_of}", None
+        else:
+            mode, reason = "advanced", f"days {since}..{as_of - timedelta(days=1)} added, window edges moved"
+            state = advance_state(io.read_delta(spark, state_path), daily, since, as_of, settings)
+    if state is not None:
+        commit = {"as_of": as_of.isoformat(), "settings": _state_settings(settings)}
+        commit["log_version"] = io.delta_version(spark, log_path)
+        # Only customer_id is ever filtered on: skip min/max statistics of the other columns.
+        properties = {"delta.dataSkippingNumIndexedCols": "1"}
+        io.write_delta(state, state_path, commit_metadata=json.dumps(commit), table_properties=properties)
+    seconds = time.monotonic() - started
+    log.info("running state %s as of %s in %.1fs (%s)", mode, as_of, seconds, reason)
+    # Read back rather than cached: caching rows with maps costs more than one read of the table.
+    return io.read_delta(spark, state_path), StateResult(
+        mode=mode, reason=reason, since=since, as_of=as_of, seconds=seconds
     )

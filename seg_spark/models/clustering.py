@@ -1,56 +1,54 @@
-"""Preparation + clustering as one Spark ML pipeline, saved and logged as a single model."""
+"""The clustering algorithms behind one interface, their guards, and per-customer assignment.
+
+``make_clusterer`` builds K-Means (k-means|| init), bisecting K-Means or a Gaussian mixture
+reading the prepared ``features`` vector; ``fit_clusterer`` guards the input first (empty,
+too few distinct points, non-finite values), fits under a wall-clock limit and rejects a
+mixture whose covariances collapsed. ``assign`` turns a fitted model's output into the
+segment, the distance to its centre (or the membership probability) and the runner-up.
+"""
 
 from __future__ import annotations
 
 import fnmatch
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass
+import threading
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
-from pyspark.ml import Pipeline, PipelineModel
-from pyspark.ml.clustering import KMeans, KMeansModel
-from pyspark.ml.evaluation import ClusteringEvaluator
-from pyspark.sql import DataFrame
+import numpy as np
+from pyspark import InheritableThread
+from pyspark.ml import Model, Pipeline, PipelineModel
+from pyspark.ml.clustering import BisectingKMeans, BisectingKMeansModel, GaussianMixture, GaussianMixtureModel, KMeans
+from pyspark.ml.functions import array_to_vector, vector_to_array
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from seg_spark.config import ModelSettings
+from seg_spark.config import ModelSettings, PrepSettings
 from seg_spark.models.prep import FEATURES_COL, Preparation, plan_preparation
 
 log = logging.getLogger(__name__)
 
 SEGMENT_COL = "segment_id"
+PROBABILITY_COL = "membership"
+ALGORITHMS = ("kmeans", "bisecting_kmeans", "gaussian_mixture")
+# A mixture component whose covariance's smallest eigenvalue is below this share of the
+# average variance has collapsed onto a subspace (a few repeated points).
+COLLAPSE_RATIO = 1e-8
+
+T = TypeVar("T")
 
 
 class ModelInputError(ValueError):
     """The modelling input cannot support the configured model."""
 
 
-@dataclass(frozen=True)
-class FitResult:
-    """A fitted pipeline and its fit metrics."""
-
-    model: PipelineModel
-    metrics: dict[str, float]
-    segment_sizes: list[int]
-    preparation: Preparation
+class DegenerateModelError(ModelInputError):
+    """A fit ended in a degenerate model (e.g. a collapsed mixture component)."""
 
 
-def build_pipeline(settings: ModelSettings, preparation: Preparation) -> Pipeline:
-    """The planned preparation stages followed by K-Means."""
-    return Pipeline(
-        stages=[
-            *preparation.stages,
-            KMeans(
-                featuresCol=FEATURES_COL,
-                predictionCol=SEGMENT_COL,
-                k=settings.k,
-                maxIter=settings.max_iter,
-                tol=settings.tol,
-                seed=settings.seed,
-                initMode="k-means||",
-            ),
-        ]
-    )
+class FitTimeoutError(TimeoutError):
+    """A fit ran past ``model.fit_timeout_seconds`` and was cancelled."""
 
 
 def resolve_features(available: Sequence[str], settings: ModelSettings) -> tuple[str, ...]:
@@ -76,40 +74,281 @@ def model_input(features: DataFrame) -> DataFrame:
     return features.filter(F.col("frequency") > 0)
 
 
-def fit(data: DataFrame, settings: ModelSettings, features: Sequence[str]) -> FitResult:
-    """Fit the segmentation pipeline and compute its fit metrics.
+def prepare(data: DataFrame, features: Sequence[str], settings: PrepSettings) -> tuple[PipelineModel, Preparation]:
+    """Plan and fit the preparation stages (impute, log1p, clip, scale, PCA) on ``data``."""
+    preparation = plan_preparation(data, features, settings)
+    return Pipeline(stages=list(preparation.stages)).fit(data), preparation
 
-    Args:
-        data: Model input (see ``model_input``); read several times, so cache it beforehand.
-        settings: The ``model`` section of the configuration.
-        features: The feature columns (``resolve_features``).
+
+def make_clusterer(algorithm: str, k: int, settings: ModelSettings, seed: int | None = None) -> Any:
+    """An unfitted MLlib clustering estimator reading ``features`` and writing ``segment_id``."""
+    seed = settings.seed if seed is None else seed
+    common = {"featuresCol": FEATURES_COL, "predictionCol": SEGMENT_COL, "k": k, "maxIter": settings.max_iter}
+    if algorithm == "kmeans":
+        return KMeans(**common, tol=settings.tol, seed=seed, initMode="k-means||")
+    if algorithm == "bisecting_kmeans":
+        return BisectingKMeans(**common, seed=seed, minDivisibleClusterSize=settings.min_divisible_cluster_size)
+    if algorithm == "gaussian_mixture":
+        return GaussianMixture(**common, tol=settings.tol, seed=seed, probabilityCol=PROBABILITY_COL)
+    raise ValueError(f"unknown algorithm {algorithm!r}; expected one of {', '.join(ALGORITHMS)}")
+
+
+def distinct_points(vectors: DataFrame, at_most: int) -> int:
+    """How many distinct feature vectors there are, counting no further than ``at_most``."""
+    return vectors.select(vector_to_array(FEATURES_COL).alias("x")).distinct().limit(at_most).count()
+
+
+def check_input(vectors: DataFrame, k: int, algorithm: str) -> int:
+    """Guard a fit: the k that can be fitted, or a clear error.
+
+    Documented outcomes:
+      * no rows, or one distinct point: ``ModelInputError`` (nothing to segment);
+      * non-finite values: ``ModelInputError`` (a mixture would hang inside LAPACK);
+      * fewer distinct points than k (including k >= customers): k is lowered to the number
+        of distinct points, with a warning.
 
     Returns:
-        The fitted pipeline, its metrics (silhouette, WSSSE, customers) and segment sizes.
+        The k to fit (``k`` or lower).
+    """
+    x = vector_to_array(FEATURES_COL)
+    row = vectors.select(
+        F.count(F.lit(1)).alias("n"),
+        F.sum(F.exists(x, lambda v: F.isnan(v) | (F.abs(v) == float("inf"))).cast("int")).alias("bad"),
+    ).first()
+    if row["n"] == 0:
+        raise ModelInputError("no customers to segment: none has a purchase before the as-of date")
+    if row["bad"]:
+        raise ModelInputError(
+            f"{row['bad']} customers have NaN or infinite prepared features; check model.prep "
+            "(impute is on by default) and the features they come from"
+        )
+    distinct = distinct_points(vectors, k)
+    if distinct < 2:
+        raise ModelInputError(
+            f"all {row['n']} customers have identical prepared features: there is nothing to segment "
+            "(add features or more history)"
+        )
+    if distinct < k:
+        log.warning("%s: only %d distinct customers for k=%d; fitting k=%d", algorithm, distinct, k, distinct)
+        return distinct
+    return k
+
+
+def run_with_time_limit(spark: SparkSession, seconds: float, description: str, action: Callable[[], T]) -> T:
+    """Run ``action`` (Spark jobs) in a job group; cancel the group and raise if it runs past ``seconds``."""
+    group = f"seg-spark-{uuid.uuid4().hex[:12]}"
+    outcome: dict[str, Any] = {}
+    finished = threading.Event()
+
+    def target() -> None:
+        spark.sparkContext.setJobGroup(group, description, interruptOnCancel=True)
+        try:
+            outcome["value"] = action()
+        except BaseException as exc:  # re-raised in the caller's thread
+            outcome["error"] = exc
+        finally:
+            finished.set()
+
+    InheritableThread(target=target, daemon=True).start()
+    if not finished.wait(seconds):
+        spark.sparkContext.cancelJobGroup(group)
+        finished.wait(30)
+        raise FitTimeoutError(
+            f"{description} did not finish within model.fit_timeout_seconds = {seconds:g}s and was cancelled; "
+            "raise the limit, lower model.max_iter, or fit on fewer customers"
+        )
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+def jittered(vectors: DataFrame, scale: float, seed: int) -> DataFrame:
+    """Add deterministic uniform noise of standard deviation ``scale`` to every coordinate.
+
+    A mixture fitted on it has every component's covariance at least about ``scale**2`` on
+    the diagonal (like scikit-learn's ``reg_covar``), so customers sharing exactly the same
+    value (all one-order customers, clipped values) cannot collapse a component. The noise
+    is a hash of (seed, customer id, coordinate): the same for a seed on any partitioning.
+    """
+    identity = F.col("customer_id") if "customer_id" in vectors.columns else F.monotonically_increasing_id()
+    half_width = scale * 3**0.5  # uniform on [-a, a] has standard deviation a / sqrt(3)
+
+    def noise(i: Column) -> Column:
+        unit = (F.xxhash64(F.lit(seed), identity, i) % 1_000_003).cast("double") / 1_000_003  # in (-1, 1)
+        return F.lit(half_width) * unit
+
+    x = vector_to_array(FEATURES_COL)
+    moved = F.transform(x, lambda v, i: v + noise(i))
+    return vectors.withColumn(FEATURES_COL, array_to_vector(moved))
+
+
+def gaussian_parameters(model: GaussianMixtureModel) -> tuple[list[float], np.ndarray, np.ndarray]:
+    """A fitted mixture's weights, means (k x d) and covariances (k x d x d)."""
+    rows = model.gaussiansDF.collect()
+    means = np.array([r["mean"].toArray() for r in rows])
+    covariances = np.array([r["cov"].toArray() for r in rows])
+    return [float(w) for w in model.weights], means, covariances
+
+
+def collapsed_components(covariances: np.ndarray) -> list[int]:
+    """Components whose covariance is not safely positive definite (collapsed onto a few points)."""
+    collapsed = []
+    for i, covariance in enumerate(covariances):
+        eigenvalues = np.linalg.eigvalsh(covariance)
+        scale = max(float(np.trace(covariance)) / len(covariance), 1e-300)
+        if not np.all(np.isfinite(eigenvalues)) or eigenvalues.min() <= COLLAPSE_RATIO * scale:
+            collapsed.append(i)
+    return collapsed
+
+
+def fit_clusterer(
+    spark: SparkSession,
+    vectors: DataFrame,
+    algorithm: str,
+    k: int,
+    settings: ModelSettings,
+    *,
+    seed: int | None = None,
+    lower_k: bool,
+) -> Model:
+    """Fit one algorithm on prepared vectors, guarded and under the wall-clock limit.
+
+    Args:
+        spark: The session.
+        vectors: Prepared rows (``features`` vector), cached.
+        algorithm: One of ``ALGORITHMS``.
+        k: Segments wanted.
+        settings: The ``model`` section.
+        seed: Overrides ``settings.seed`` (bootstrap refits).
+        lower_k: With fewer distinct points than k, fit fewer segments (True) or raise (False).
 
     Raises:
-        ModelInputError: Fewer distinct customers than segments.
+        ModelInputError: The input cannot be segmented (see ``check_input``).
+        DegenerateModelError: A mixture component collapsed.
+        FitTimeoutError: The fit ran past ``model.fit_timeout_seconds``.
     """
-    n = data.count()
-    if n < settings.k:
-        raise ModelInputError(
-            f"only {n} customers have a purchase but model.k = {settings.k}: "
-            "lower model.k or widen the data (more history, an earlier features.as_of_date)"
+    fitted_k = check_input(vectors, k, algorithm)
+    if fitted_k < k and not lower_k:
+        raise ModelInputError(f"only {fitted_k} distinct customers: {algorithm} cannot find k={k} segments")
+    k = fitted_k
+    estimator = make_clusterer(algorithm, k, settings, seed)
+    training = vectors
+    if algorithm == "gaussian_mixture" and settings.gmm_regularization > 0:
+        training = jittered(vectors, settings.gmm_regularization, settings.seed if seed is None else seed)
+    model = run_with_time_limit(
+        spark, settings.fit_timeout_seconds, f"{algorithm} k={k}", lambda: estimator.fit(training)
+    )
+    if algorithm == "gaussian_mixture":
+        weights, _, covariances = gaussian_parameters(model)
+        collapsed = collapsed_components(covariances)
+        if collapsed or not all(np.isfinite(weights)):
+            raise DegenerateModelError(
+                f"gaussian_mixture k={k}: component(s) {collapsed} collapsed (singular covariance: "
+                "too few distinct customers in them); use a lower k, kmeans, or model.prep.pca_components"
+            )
+    return model
+
+
+def model_k(model: Model) -> int:
+    """The number of segments a fitted model has (bisecting K-Means may find fewer than asked)."""
+    if isinstance(model, GaussianMixtureModel):
+        return len(model.weights)
+    return len(model.clusterCenters())
+
+
+def centers(model: Model) -> np.ndarray | None:
+    """Cluster centres (k x d) of K-Means-like models; None for a mixture."""
+    if isinstance(model, GaussianMixtureModel):
+        return None
+    return np.array([c.toArray() if hasattr(c, "toArray") else np.asarray(c) for c in model.clusterCenters()])
+
+
+def _literal(values: Sequence[float]) -> Column:
+    return F.array(*[F.lit(float(v)) for v in values])
+
+
+def assign(model: Model, vectors: DataFrame, keep: Sequence[str] = ("customer_id",)) -> DataFrame:
+    """Each row's segment, its distance to the segment's centre or its membership probability, and the runner-up.
+
+    Args:
+        model: A fitted clustering model (not the pipeline: ``vectors`` are already prepared).
+        vectors: Rows with the prepared ``features`` vector.
+        keep: Columns of ``vectors`` carried through.
+
+    Returns:
+        ``keep`` columns, ``segment_id``, ``segment_distance`` (Euclidean, in the prepared space;
+        null for a mixture), ``segment_probability`` (mixture only), ``runner_up_segment_id``,
+        ``runner_up_distance`` / ``runner_up_probability``, and ``membership`` (all probabilities,
+        mixture only).
+    """
+    scored = model.transform(vectors)
+    segment = F.col(SEGMENT_COL).cast("int")
+    if isinstance(model, GaussianMixtureModel):
+        probabilities = vector_to_array(PROBABILITY_COL)
+        ranked = F.array_sort(
+            F.transform(probabilities, lambda p, i: F.struct((-p).alias("score"), i.alias("i"), p.alias("p")))
         )
-    preparation = plan_preparation(data, features, settings.prep)
-    model = build_pipeline(settings, preparation).fit(data)
-    kmeans: KMeansModel = model.stages[-1]
-    scored = model.transform(data)
-    silhouette = ClusteringEvaluator(
-        featuresCol=FEATURES_COL, predictionCol=SEGMENT_COL, metricName="silhouette", distanceMeasure="squaredEuclidean"
-    ).evaluate(scored)
-    summary = kmeans.summary
-    metrics = {
-        "silhouette": float(silhouette),
-        "wssse": float(summary.trainingCost),
-        "customers_modelled": float(n),
-        "iterations": float(summary.numIter),
-    }
-    log.info("fitted k-means k=%s on %s customers: silhouette %.3f", settings.k, n, silhouette)
-    metrics["features_used"] = float(len(preparation.kept))
-    return FitResult(model=model, metrics=metrics, segment_sizes=list(summary.clusterSizes), preparation=preparation)
+        runner_up = F.get(F.filter(ranked, lambda e: e["i"] != segment), 0)  # null with one segment
+        return scored.select(
+            *keep,
+            segment.alias(SEGMENT_COL),
+            F.lit(None).cast("double").alias("segment_distance"),
+            F.element_at(probabilities, segment + 1).alias("segment_probability"),
+            runner_up["i"].alias("runner_up_segment_id"),
+            F.lit(None).cast("double").alias("runner_up_distance"),
+            runner_up["p"].alias("runner_up_probability"),
+            probabilities.alias("membership"),
+        )
+    x = vector_to_array(FEATURES_COL)
+    distances = []
+    for i, center in enumerate(centers(model)):
+        difference = F.zip_with(x, _literal(center), lambda a, b: a - b)
+        squared = F.aggregate(difference, F.lit(0.0), lambda acc, v: acc + v * v)
+        distances.append(F.struct(F.sqrt(squared).alias("score"), F.lit(i).alias("i")))
+    ranked = F.array_sort(F.array(*distances))
+    own = F.filter(ranked, lambda e: e["i"] == segment)[0]
+    runner_up = F.get(F.filter(ranked, lambda e: e["i"] != segment), 0)  # null with one segment
+    return scored.select(
+        *keep,
+        segment.alias(SEGMENT_COL),
+        own["score"].alias("segment_distance"),
+        F.lit(None).cast("double").alias("segment_probability"),
+        runner_up["i"].alias("runner_up_segment_id"),
+        runner_up["score"].alias("runner_up_distance"),
+        F.lit(None).cast("double").alias("runner_up_probability"),
+        F.lit(None).cast("array<double>").alias("membership"),
+    )
+
+
+def bisecting_hierarchy(model: BisectingKMeansModel) -> list[dict[str, Any]]:
+    """The split tree of a bisecting K-Means model: one dict per node, root first.
+
+    MLlib keeps the tree in the model but does not expose it in Python; it is read through
+    the JVM object. Leaves carry their ``segment_id``; internal nodes have null.
+    """
+    java = model._java_obj
+    # Scala mangles the private field's name (org$apache$...$$parentModel).
+    field = next(f for f in java.getClass().getDeclaredFields() if f.getName().endswith("parentModel"))
+    field.setAccessible(True)
+    root = field.get(java).root()
+    nodes: list[dict[str, Any]] = []
+
+    def visit(node: Any, parent: int | None, depth: int) -> None:
+        node_id = len(nodes)
+        leaf = bool(node.isLeaf())
+        nodes.append(
+            {
+                "node_id": node_id,
+                "parent_id": parent,
+                "depth": depth,
+                "segment_id": int(node.index()) if leaf else None,
+                "size": int(node.size()),
+                "cost": float(node.cost()),
+                "center": [float(v) for v in node.center().toArray()],
+            }
+        )
+        for child in node.children():
+            visit(child, node_id, depth + 1)
+
+    visit(root, None, 0)
+    return nodes

@@ -174,10 +174,13 @@ def _stages(decisions: Sequence[FeatureDecision], settings: PrepSettings) -> tup
     stages.append(VectorAssembler(inputCols=imputed, outputCol=last_stage_out, handleInvalid="error"))
     if settings.scaler != "none":
         out = FEATURES_COL if settings.pca_components is None else "features_scaled"
+        # Scale without centring: distances (and so every clustering and metric here) do not
+        # change with a shift, and MLlib's bisecting K-Means cannot split a cluster whose
+        # centre is the origin (its initial split is a perturbation proportional to the centre).
         if settings.scaler == "standard":
-            stages.append(StandardScaler(inputCol=last_stage_out, outputCol=out, withMean=True, withStd=True))
+            stages.append(StandardScaler(inputCol=last_stage_out, outputCol=out, withMean=False, withStd=True))
         else:
-            stages.append(RobustScaler(inputCol=last_stage_out, outputCol=out, withCentering=True, withScaling=True))
+            stages.append(RobustScaler(inputCol=last_stage_out, outputCol=out, withCentering=False, withScaling=True))
         last_stage_out = out
     if settings.pca_components is not None:
         k = min(settings.pca_components, len(decisions))

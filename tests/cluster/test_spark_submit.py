@@ -55,6 +55,10 @@ def test_spark_submit_runs_the_job_on_the_given_master(tmp_path):
         "demo.generator.end_date=2026-01-01",
         "--set",
         "run.run_id=submitted",
+        "--set",
+        "model.selection.k_max=3",  # a short sweep (2..3): this test is about the master
+        "--set",
+        "model.stability.bootstraps=0",
     ]
     env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
     done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
@@ -63,7 +67,10 @@ def test_spark_submit_runs_the_job_on_the_given_master(tmp_path):
     assert "customer_segments" in done.stdout
 
     client = MlflowClient(tracking_uri=resolve_tracking_uri(f"{root}/mlruns")[0])
-    (run,) = client.search_runs(client.get_experiment_by_name("seg-spark").experiment_id)
+    experiment = client.get_experiment_by_name("seg-spark").experiment_id
+    # The run itself; its model-selection candidates are nested runs under it.
+    (run,) = client.search_runs(experiment, "tags.seg_spark.run_id = 'submitted'")
+    assert len(client.search_runs(experiment, f"tags.mlflow.parentRunId = '{run.info.run_id}'")) == 2
     # local.yaml asks for local[*]; spark-submit's --master must win.
     assert run.data.tags["spark.master"] == "local[2]"
     assert run.data.tags["seg_spark.run_id"] == "submitted"

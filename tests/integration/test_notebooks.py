@@ -20,4 +20,4 @@ def test_notebook_runs(spark, notebook):
     finally:
         mlflow.set_tracking_uri(None)
     assert namespace["spark"] is spark
-    assert namespace["result"].metrics["ari_vs_planted"] > 0.6
+    assert namespace["result"].metrics["truth_adjusted_rand_index"] > 0.6

@@ -1,16 +1,21 @@
 from datetime import date
 
 import mlflow
+import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
-from seg_spark.config import load_config
+from seg_spark.config import SelectionSettings, StabilitySettings, load_config
+from seg_spark.models import clustering, selection
+from seg_spark.models.validation import label_agreement
 from seg_spark.pipeline import run_pipeline
 from seg_spark.tracking import resolve_tracking_uri
 
 END = date(2026, 1, 1)
+# Reruns that test other things fit the model directly (no sweep, no bootstraps).
+FAST = ["model.selection.enabled=false", "model.stability.bootstraps=0"]
 
 
 @pytest.fixture(scope="module")
@@ -27,6 +32,7 @@ def settings(tmp_path_factory):
             "quality.clock=2026-01-01T00:00:00",
             "storage.database=seg_e2e",
             "run.run_id=e2e-run-1",
+            "model.stability.bootstraps=2",
         ],
     )
 
@@ -64,11 +70,32 @@ def test_features_table_is_per_customer_as_of_the_day_after_the_last_sale(spark,
 
 def test_segments_table_carries_lineage_and_recovers_planted_archetypes(spark, first_run, settings):
     segments = spark.read.format("delta").load(first_run.tables["customer_segments"])
-    assert segments.columns == ["customer_id", "segment_id", "as_of_date", "run_id", "model_name", "model_version"]
-    assert segments.select("segment_id").distinct().count() == settings.model.k
-    lineage = segments.select("as_of_date", "run_id", "model_name", "model_version").distinct().collect()
-    assert lineage == [(END, "e2e-run-1", "seg-spark-segments", first_run.model_version)]
-    assert first_run.metrics["ari_vs_planted"] >= 0.6
+    assert segments.columns == [
+        "customer_id",
+        "segment_id",
+        "segment_distance",
+        "segment_probability",
+        "runner_up_segment_id",
+        "runner_up_distance",
+        "runner_up_probability",
+        "membership",
+        "algorithm",
+        "as_of_date",
+        "run_id",
+        "model_name",
+        "model_version",
+    ]
+    # The sweep (k = 2..10, best silhouette) finds the six planted archetypes (within one).
+    k = first_run.selection["k"]
+    assert abs(k - 6) <= 1 and segments.select("segment_id").distinct().count() == k
+    lineage = segments.select("algorithm", "as_of_date", "run_id", "model_name", "model_version").distinct().collect()
+    assert lineage == [("kmeans", END, "e2e-run-1", "seg-spark-segments", first_run.model_version)]
+    assert first_run.metrics["truth_adjusted_rand_index"] >= 0.7
+    assert first_run.metrics["truth_v_measure"] >= 0.7
+    stats = segments.agg(
+        F.min("segment_distance"), F.sum((F.col("runner_up_distance") < F.col("segment_distance")).cast("int"))
+    ).first()
+    assert stats[0] >= 0 and stats[1] == 0
     assert sum(row["customers"] for row in first_run.segment_summary) == segments.count()
     assert spark.sql("SELECT count(*) FROM seg_e2e.customer_segments").first()[0] == segments.count()
 
@@ -82,7 +109,21 @@ def test_mlflow_run_has_config_metrics_and_a_loadable_model(spark, first_run, se
     assert run.data.metrics["transactions.input_rows"] == first_run.counts.input_rows
     assert run.data.metrics["transactions.customers_clean"] == 1500
     assert run.data.metrics["silhouette"] == pytest.approx(first_run.metrics["silhouette"])
+    assert run.data.metrics["stability_mean_ari"] == pytest.approx(first_run.metrics["stability_mean_ari"])
     assert run.data.tags["as_of_date"] == END.isoformat()
+    # One nested run per model-selection candidate, and the same candidates in the Delta table.
+    children = client.search_runs(
+        [run.info.experiment_id], f"tags.mlflow.parentRunId = '{first_run.mlflow_run_id}'", max_results=50
+    )
+    assert sorted(int(c.data.params["k"]) for c in children) == list(range(2, 11))
+    candidates = spark.read.format("delta").load(first_run.tables["model_selection"]).filter("run_id = 'e2e-run-1'")
+    assert candidates.count() == 9
+    chosen = candidates.filter("chosen").collect()
+    assert [(r.algorithm, r.k, r.rule) for r in chosen] == [("kmeans", first_run.selection["k"], "silhouette")]
+    by_k = {c.data.params["k"]: c.data.metrics for c in children}
+    for row in candidates.collect():
+        assert by_k[str(row.k)]["silhouette"] == pytest.approx(row.silhouette)
+        assert row.silhouette <= chosen[0].silhouette or row.smallest_segment_share < 0.02
     version = client.get_model_version(settings.model.name, first_run.model_version)
     assert version.run_id == first_run.mlflow_run_id
 
@@ -97,7 +138,7 @@ def test_mlflow_run_has_config_metrics_and_a_loadable_model(spark, first_run, se
 
 
 def test_rerun_for_the_same_as_of_date_replaces_rather_than_duplicates(spark, first_run, settings):
-    rerun = settings.with_overrides(["run.run_id=e2e-run-2"])
+    rerun = settings.with_overrides(["run.run_id=e2e-run-2", *FAST])
     try:
         second = run_pipeline(spark, rerun)
     finally:
@@ -116,7 +157,7 @@ def test_rerun_for_the_same_as_of_date_replaces_rather_than_duplicates(spark, fi
 
 
 def test_a_later_as_of_date_adds_a_partition(spark, first_run, settings):
-    later = settings.with_overrides(["run.run_id=e2e-run-3", "features.as_of_date=2025-12-01"])
+    later = settings.with_overrides(["run.run_id=e2e-run-3", "features.as_of_date=2025-12-01", *FAST])
     try:
         run_pipeline(spark, later)
     finally:
@@ -148,6 +189,7 @@ def test_profiles_and_events_flow_into_features(spark, first_run, settings, tmp_
     with_sides = settings.with_overrides(
         [
             "run.run_id=e2e-run-4",
+            *FAST,
             "features.as_of_date=2025-11-15",
             f"sources.profiles.path={tmp_path / 'profiles'}",
             "sources.profiles.timestamp_format=yyyy-MM-dd",
@@ -174,3 +216,66 @@ def test_profiles_and_events_flow_into_features(spark, first_run, settings, tmp_
         r["source"]: r["count"] for r in quarantine.filter("run_id = 'e2e-run-4'").groupBy("source").count().collect()
     }
     assert by_source["events"] == 1 and "profiles" not in by_source
+
+
+@pytest.fixture(scope="module")
+def modelled(spark, first_run, settings):
+    """The first run's model input and the planted archetype of each customer."""
+    features = spark.read.format("delta").load(first_run.tables["customer_features"]).filter(F.col("as_of_date") == END)
+    data = clustering.model_input(features).cache()
+    truth = spark.read.parquet(f"{settings.demo.out}/truth").select("customer_id", "archetype")
+    yield data, clustering.resolve_features(data.columns, settings.model), truth
+    data.unpersist()
+
+
+def test_a_gaussian_mixture_recovers_the_planted_archetypes(spark, settings, modelled):
+    data, features, truth = modelled
+    model = settings.model.model_copy(
+        update={
+            "algorithm": "gaussian_mixture",
+            "selection": SelectionSettings(enabled=False),
+            "stability": StabilitySettings(bootstraps=0),
+        }
+    )
+    seg = selection.segment(spark, data, features, model)
+    try:
+        assert seg.k == 6 and np.isfinite(seg.metrics["bic"]) and np.isfinite(seg.metrics["log_likelihood"])
+        agreement = label_agreement(seg.assignments.join(truth, "customer_id"), "archetype", "segment_id")
+        assert agreement["adjusted_rand_index"] >= 0.7
+        probabilities = seg.assignments.agg(F.min("segment_probability"), F.max("segment_probability")).first()
+        assert 0 < probabilities[0] <= probabilities[1] <= 1
+    finally:
+        seg.release()
+
+
+def test_bisecting_kmeans_keeps_a_consistent_split_hierarchy(spark, settings, modelled):
+    data, features, truth = modelled
+    model = settings.model.model_copy(
+        update={
+            "algorithm": "bisecting_kmeans",
+            "selection": SelectionSettings(enabled=False),
+            "stability": StabilitySettings(bootstraps=2),
+        }
+    )
+    seg = selection.segment(spark, data, features, model)
+    try:
+        nodes = {n["node_id"]: n for n in seg.hierarchy}
+        root = nodes[0]
+        assert root["parent_id"] is None and root["size"] == data.count()
+        leaves = [n for n in nodes.values() if n["segment_id"] is not None]
+        assert sorted(n["segment_id"] for n in leaves) == list(range(seg.k)) and seg.k == 6
+        assert sum(n["size"] for n in leaves) == sum(seg.segment_sizes)
+        for node in nodes.values():
+            children = [c for c in nodes.values() if c["parent_id"] == node["node_id"]]
+            if node["segment_id"] is not None:
+                assert not children
+                continue
+            # An internal node splits in two; its size and centre are its children's total and weighted mean.
+            assert len(children) == 2 and node["size"] == sum(c["size"] for c in children)
+            weighted = sum(np.array(c["center"]) * c["size"] for c in children) / node["size"]
+            assert np.allclose(weighted, node["center"], atol=1e-9)
+            assert all(c["depth"] == node["depth"] + 1 for c in children)
+        assert seg.stability["bootstraps"] == 2 and 0 <= seg.stability["mean_ari"] <= 1
+        assert set(seg.stability["jaccard"]) == set(range(seg.k))
+    finally:
+        seg.release()

@@ -37,13 +37,17 @@ def test_stages_clip_impute_and_standardise(data):
     settings = PrepSettings(log1p_features=("spiky",), winsorize=(0.1, 0.9), quantile_error=1e-6)
     prep = plan_preparation(data, ["a", "gappy", "spiky"], settings)
     out = Pipeline(stages=list(prep.stages)).fit(data).transform(data)
-    vectors = out.select("customer_id", vector_to_array("features").alias("v"))
+    vectors = out.select(vector_to_array("features").alias("v"), vector_to_array("features_raw").alias("raw"))
     stats = vectors.select(
         *[F.avg(F.col("v")[i]).alias(f"m{i}") for i in range(3)],
         *[F.stddev_samp(F.col("v")[i]).alias(f"s{i}") for i in range(3)],
+        *[F.avg(F.col("raw")[i]).alias(f"rm{i}") for i in range(3)],
+        *[F.stddev_samp(F.col("raw")[i]).alias(f"rs{i}") for i in range(3)],
     ).first()
     for i in range(3):
-        assert stats[f"m{i}"] == pytest.approx(0.0, abs=1e-9) and stats[f"s{i}"] == pytest.approx(1.0)
+        # Scaled to unit spread, not centred (see prep._stages).
+        assert stats[f"s{i}"] == pytest.approx(1.0)
+        assert stats[f"m{i}"] == pytest.approx(stats[f"rm{i}"] / stats[f"rs{i}"])
     prepared = {r.customer_id: r for r in out.select("customer_id", "gappy__prep__imputed", "spiky__prep").collect()}
     median = prepared["c2"].gappy__prep__imputed  # gappy is never missing for c2: i % 7 = 2
     assert median == 2.0

@@ -1,0 +1,118 @@
+"""Spark MLlib K-Means next to scikit-learn's on the same matrix, in the same run.
+
+    .venv/bin/python bench/bench_kmeans.py --rows 1000000      # and --rows 10000000
+
+Both fit k=8 with a fixed number of iterations (tol=0; the data is uniform noise, so neither
+side converges early: the iteration counts are checked and recorded) from random centres.
+scikit-learn is limited to as many threads as Spark has cores (threadpoolctl); Spark reads the
+matrix once from Parquet as an ``array<double>`` column, cached in as many partitions as
+cores, and its JVM is warmed by one untimed fit. Appends a JSON line to
+bench/results/kmeans.jsonl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pyspark import StorageLevel
+from pyspark.ml.clustering import KMeans
+from sklearn.cluster import KMeans as SkKMeans
+from threadpoolctl import threadpool_info, threadpool_limits
+
+from seg_spark.session import get_spark
+
+RESULTS = Path(__file__).resolve().parent / "results" / "kmeans.jsonl"
+
+
+def matrix(rows: int, dims: int, seed: int) -> np.ndarray:
+    """Uniform noise: K-Means keeps moving its centres for many iterations."""
+    return np.random.default_rng(seed).random((rows, dims))
+
+
+def write_parquet(x: np.ndarray, path: Path) -> None:
+    """The matrix as one ``features: list<double>`` column, written in row groups."""
+    path.mkdir(parents=True, exist_ok=True)
+    step = 1_000_000
+    for i in range(0, len(x), step):
+        chunk = x[i : i + step]
+        column = pa.FixedSizeListArray.from_arrays(pa.array(chunk.ravel()), chunk.shape[1]).cast(pa.list_(pa.float64()))
+        pq.write_table(pa.table({"features": column}), path / f"part-{i // step:05d}.parquet")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--dims", type=int, default=16)
+    parser.add_argument("--k", type=int, default=8)
+    parser.add_argument("--iterations", type=int, default=20)
+    parser.add_argument("--solver", default="block", choices=["auto", "row", "block"])
+    parser.add_argument("--repeats", type=int, default=3, help="timed fits per side; the median is reported")
+    parser.add_argument("--out", default="/tmp/seg-bench/kmeans")
+    args = parser.parse_args()
+
+    spark = get_spark()
+    cores = spark.sparkContext.defaultParallelism
+    x = matrix(args.rows, args.dims, seed=7)
+    path = Path(args.out) / f"{args.rows}x{args.dims}"
+    if not path.is_dir():
+        write_parquet(x, path)
+    data = spark.read.parquet(str(path)).repartition(cores).persist(StorageLevel.MEMORY_AND_DISK)
+    assert data.count() == args.rows
+
+    kmeans = KMeans(k=args.k, maxIter=args.iterations, tol=0.0, initMode="random", seed=1, solver=args.solver)
+    kmeans.fit(data)  # warm the JVM (JIT, class loading) on the same data
+    spark_times, spark_iterations = [], set()
+    for _ in range(args.repeats):
+        started = time.perf_counter()
+        model = kmeans.fit(data)
+        spark_times.append(time.perf_counter() - started)
+        spark_iterations.add(model.summary.numIter)
+    data.unpersist()
+
+    sklearn_times, sklearn_iterations = [], set()
+    with threadpool_limits(limits=cores):
+        for _ in range(args.repeats):
+            reference = SkKMeans(
+                n_clusters=args.k, init="random", n_init=1, max_iter=args.iterations, tol=0.0, random_state=1
+            )
+            started = time.perf_counter()
+            reference.fit(x)
+            sklearn_times.append(time.perf_counter() - started)
+            sklearn_iterations.add(int(reference.n_iter_))
+        blas = sorted({f"{i['internal_api']}:{i.get('num_threads')}" for i in threadpool_info()})
+
+    spark_seconds, sklearn_seconds = float(np.median(spark_times)), float(np.median(sklearn_times))
+    result = {
+        "bench": "kmeans",
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": f"{os.cpu_count()} cores, {platform.machine()}",
+        "rows": args.rows,
+        "dims": args.dims,
+        "k": args.k,
+        "iterations": {"spark": sorted(spark_iterations), "sklearn": sorted(sklearn_iterations)},
+        "spark_cores": cores,
+        "spark_solver": args.solver,
+        "spark_seconds": round(spark_seconds, 2),
+        "sklearn_seconds": round(sklearn_seconds, 2),
+        "ratio": round(spark_seconds / sklearn_seconds, 2),
+        "sklearn_threadpools": blas,
+        "spark_times": [round(t, 2) for t in spark_times],
+        "sklearn_times": [round(t, 2) for t in sklearn_times],
+    }
+    print(json.dumps(result), flush=True)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    with RESULTS.open("a") as handle:
+        handle.write(json.dumps(result) + "\n")
+
+
+if __name__ == "__main__":
+    main()

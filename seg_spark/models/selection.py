@@ -1,0 +1,390 @@
+"""Model selection, stability and the final fit: the segmentation engine.
+
+1. Prepare once: the preparation stages are fitted on every customer and the vectors are
+   cached in as many partitions as the cluster has cores.
+2. Select on a sample: a stratified-by-activity sample (bounded rows, cached) is clustered
+   for every candidate (algorithm x k); each candidate gets silhouette, WSSSE, Calinski-
+   Harabasz, Davies-Bouldin and, for a mixture, log-likelihood and BIC, in a nested MLflow run.
+   The rule picks the winner among candidates whose smallest segment is big enough.
+3. Stability: the winner is refitted on bootstrap resamples of the sample; each refit labels
+   the sample again and is compared with the winner (adjusted Rand index, best Jaccard per segment).
+4. Final fit on every customer; the preparation and the clustering model form one PipelineModel.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any
+
+from pyspark import StorageLevel
+from pyspark.ml import Model, PipelineModel
+from pyspark.ml.clustering import BisectingKMeansModel, GaussianMixtureModel
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.window import Window
+
+from seg_spark import tracking
+from seg_spark.config import ModelSettings
+from seg_spark.models import clustering, metrics
+from seg_spark.models.prep import FEATURES_COL, Preparation
+from seg_spark.models.validation import ari_from_cells, best_jaccard, contingency
+
+log = logging.getLogger(__name__)
+
+HIGHER_IS_BETTER = {"silhouette": True, "calinski_harabasz": True, "davies_bouldin": False, "bic": False}
+ACTIVITY = "frequency"
+
+
+@dataclass
+class Candidate:
+    """One (algorithm, k) of the sweep and how it scored on the sample."""
+
+    algorithm: str
+    k: int
+    status: str = "ok"  # ok | the reason it was rejected
+    metrics: dict[str, float] = field(default_factory=dict)
+    sizes: list[int] = field(default_factory=list)
+    seconds: float = 0.0
+    chosen: bool = False
+    elbow: bool = False
+
+    def record(self) -> dict[str, Any]:
+        """A JSON-ready description (MLflow artifact, CLI)."""
+        return {
+            "algorithm": self.algorithm,
+            "k": self.k,
+            "status": self.status,
+            "chosen": self.chosen,
+            "elbow": self.elbow,
+            "sizes": self.sizes,
+            "seconds": round(self.seconds, 2),
+            **{name: value for name, value in self.metrics.items() if _finite(value)},
+        }
+
+    @property
+    def smallest_share(self) -> float:
+        """The smallest segment's share of the sample (0 when a segment is empty)."""
+        total = sum(self.sizes)
+        return min(self.sizes) / total if total and len(self.sizes) == self.k else 0.0
+
+
+@dataclass
+class Segmentation:
+    """The chosen, fitted segmentation and everything learnt on the way."""
+
+    model: PipelineModel
+    algorithm: str
+    k: int
+    assignments: DataFrame  # persisted: unpersist after writing
+    preparation: Preparation
+    candidates: list[Candidate]
+    rule: str
+    reason: str
+    metrics: dict[str, float]
+    segment_sizes: list[int]
+    stability: dict[str, Any]
+    hierarchy: list[dict[str, Any]] | None
+    vectors: DataFrame  # persisted prepared vectors of every customer: unpersist when done
+    seed: int
+
+    def release(self) -> None:
+        """Unpersist the cached vectors and assignments."""
+        self.assignments.unpersist()
+        self.vectors.unpersist()
+
+
+def stratified_sample(vectors: DataFrame, rows: int, strata: int, seed: int) -> DataFrame:
+    """At most ``rows`` customers, the same share from each activity band (frequency quantiles).
+
+    Within a band, customers are ranked by a hash of (seed, customer id), so the sample is
+    the same for a seed whatever the partitioning.
+    """
+    total = vectors.count()
+    if total <= rows:
+        return vectors
+    share = rows / total
+    edges = sorted(set(vectors.approxQuantile(ACTIVITY, [i / strata for i in range(1, strata)], 0.001)))
+    band = sum((F.col(ACTIVITY) > F.lit(edge)).cast("int") for edge in edges) if edges else F.lit(0)
+    order = F.xxhash64(F.lit(seed), F.col("customer_id"))
+    within = Window.partitionBy("_band").orderBy(order, "customer_id")
+    return (
+        vectors.withColumn("_band", band)
+        .withColumn("_rank", F.row_number().over(within))
+        .withColumn("_band_size", F.count(F.lit(1)).over(Window.partitionBy("_band")))
+        .filter(F.col("_rank") <= F.ceil(F.col("_band_size") * F.lit(share)))
+        .drop("_band", "_rank", "_band_size")
+    )
+
+
+def evaluate(model: Model, sample: DataFrame, dimension: int) -> tuple[dict[str, float], dict[int, int]]:
+    """Selection metrics of a fitted model on the sample, and the sample's segment sizes."""
+    scored = model.transform(sample).select(FEATURES_COL, clustering.SEGMENT_COL)
+    summary = metrics.segment_summary(scored, FEATURES_COL, clustering.SEGMENT_COL, dimension)
+    values = {
+        "wssse": metrics.within_sum_of_squares(summary),
+        "calinski_harabasz": metrics.calinski_harabasz(summary),
+    }
+    if len(summary.labels) >= 2:
+        values["silhouette"] = metrics.silhouette(scored, FEATURES_COL, clustering.SEGMENT_COL)
+        values["davies_bouldin"] = metrics.davies_bouldin(scored, FEATURES_COL, clustering.SEGMENT_COL, summary)
+    if isinstance(model, GaussianMixtureModel):
+        weights, means, covariances = clustering.gaussian_parameters(model)
+        ll = metrics.gaussian_log_likelihood(sample, FEATURES_COL, weights, means, covariances)
+        values["log_likelihood"] = ll
+        values["bic"] = metrics.bic(ll, len(weights), dimension, summary.n)
+    sizes = dict(zip(summary.labels, summary.counts.astype(int).tolist(), strict=True))
+    return values, sizes
+
+
+def score_candidate(
+    spark: SparkSession, sample: DataFrame, algorithm: str, k: int, settings: ModelSettings, dimension: int
+) -> Candidate:
+    """Fit one candidate on the sample and compute its selection metrics (bad data rejects it, never raises)."""
+    started = time.monotonic()
+    candidate = Candidate(algorithm=algorithm, k=k)
+    try:
+        fitted = clustering.fit_clusterer(spark, sample, algorithm, k, settings, lower_k=False)
+    except (clustering.ModelInputError, clustering.FitTimeoutError) as exc:
+        candidate.status = str(exc)
+    else:
+        candidate.metrics, sizes = evaluate(fitted, sample, dimension)
+        candidate.sizes = [sizes.get(i, 0) for i in range(k)]
+        candidate.metrics["smallest_segment_share"] = candidate.smallest_share
+    candidate.seconds = time.monotonic() - started
+    return candidate
+
+
+def choose(candidates: list[Candidate], rule: str, min_share: float) -> tuple[Candidate, str]:
+    """Pick the winner by ``rule`` among valid candidates whose smallest segment is at least ``min_share``.
+
+    When no candidate is big enough everywhere, the one with the largest smallest segment is
+    taken (documented fallback), and the reason says so.
+
+    Raises:
+        ModelInputError: No candidate could be fitted at all.
+    """
+    valid = [c for c in candidates if c.status == "ok"]
+    if not valid:
+        reasons = "; ".join(f"{c.algorithm} k={c.k}: {c.status}" for c in candidates)
+        raise clustering.ModelInputError(f"no model-selection candidate could be fitted: {reasons}")
+    for algorithm in {c.algorithm for c in valid}:
+        curve = [c for c in valid if c.algorithm == algorithm]
+        knee = metrics.elbow([c.k for c in curve], [c.metrics["wssse"] for c in curve])
+        for c in curve:
+            c.elbow = c.k == knee
+    eligible = [c for c in valid if c.smallest_share >= min_share]
+    if not eligible:
+        best = max(valid, key=lambda c: (c.smallest_share, -c.k))
+        return best, (
+            f"no candidate has every segment >= {min_share:.1%} of customers; "
+            f"took the most balanced ({best.algorithm} k={best.k}, smallest {best.smallest_share:.1%})"
+        )
+    if rule == "elbow":
+        knees = [c for c in eligible if c.elbow] or eligible
+        best = max(knees, key=lambda c: (c.metrics.get("silhouette", float("-inf")), -c.k))
+        return best, f"WSSSE elbow at k={best.k} ({best.algorithm})"
+    scored = [c for c in eligible if _finite(c.metrics.get(rule))]
+    if not scored:
+        raise clustering.ModelInputError(
+            f"model.selection.rule {rule!r} scores none of the eligible candidates "
+            "(bic needs gaussian_mixture among model.selection.algorithms)"
+        )
+    sign = 1 if HIGHER_IS_BETTER[rule] else -1
+    best = max(scored, key=lambda c: (sign * c.metrics[rule], -c.k))
+    return best, f"best {rule} ({best.metrics[rule]:.4f}) among candidates with every segment >= {min_share:.1%}"
+
+
+def _finite(value: float | None) -> bool:
+    return value is not None and value == value and abs(value) != float("inf")
+
+
+def stability(
+    spark: SparkSession, sample: DataFrame, reference: Model, algorithm: str, k: int, settings: ModelSettings
+) -> dict[str, Any]:
+    """Refit on bootstrap resamples; compare each refit's labels of the sample with the reference's.
+
+    Returns:
+        ``bootstraps``, ``mean_ari``, ``aris``, ``jaccard`` (segment -> mean best Jaccard) and
+        ``unstable_segments`` (mean Jaccard below ``model.stability.min_jaccard``).
+    """
+    runs = settings.stability.bootstraps
+    labelled = reference.transform(sample).select(
+        FEATURES_COL, F.col(clustering.SEGMENT_COL).cast("int").alias("reference")
+    )
+    labelled = labelled.persist(StorageLevel.MEMORY_AND_DISK)
+    aris, jaccards = [], {i: [] for i in range(k)}
+    try:
+        for b in range(runs):
+            resample = sample.sample(withReplacement=True, fraction=1.0, seed=settings.seed + 1000 + b)
+            try:
+                refit = clustering.fit_clusterer(
+                    spark, resample, algorithm, k, settings, seed=settings.seed + 1 + b, lower_k=False
+                )
+            except clustering.ModelInputError as exc:
+                log.warning("stability bootstrap %d could not be fitted: %s", b, exc)
+                continue
+            cells = contingency(refit.transform(labelled), "reference", clustering.SEGMENT_COL)
+            aris.append(ari_from_cells(cells))
+            for segment, value in best_jaccard(cells).items():
+                jaccards.setdefault(int(segment), []).append(value)
+    finally:
+        labelled.unpersist()
+    mean_jaccard = {s: (sum(v) / len(v) if v else 0.0) for s, v in jaccards.items()}
+    return {
+        "bootstraps": len(aris),
+        "mean_ari": sum(aris) / len(aris) if aris else float("nan"),
+        "aris": aris,
+        "jaccard": mean_jaccard,
+        "unstable_segments": sorted(s for s, v in mean_jaccard.items() if v < settings.stability.min_jaccard),
+    }
+
+
+def _log_candidate(candidate: Candidate, settings: ModelSettings, sample_rows: int) -> None:
+    params = {"algorithm": candidate.algorithm, "k": candidate.k, "seed": settings.seed, "sample_rows": sample_rows}
+    with tracking.nested_run(f"{candidate.algorithm} k={candidate.k}", params):
+        tracking.log_metrics({k: v for k, v in candidate.metrics.items() if _finite(v)})
+        tracking.log_summary({"status": candidate.status, "sizes": candidate.sizes}, "candidate.json")
+
+
+def _dimension(vectors: DataFrame) -> int:
+    first = vectors.select(FEATURES_COL).first()
+    return 0 if first is None else len(first[0])
+
+
+def segment(spark: SparkSession, data: DataFrame, features: Sequence[str], settings: ModelSettings) -> Segmentation:
+    """Prepare, select, fit on every customer, check stability and assign.
+
+    Args:
+        spark: The session.
+        data: Model input: one row per customer with ``customer_id``, ``frequency`` and the features.
+        features: Feature columns (``clustering.resolve_features``).
+        settings: The ``model`` section.
+
+    Returns:
+        The segmentation (its assignments and vectors are cached: call ``release``).
+
+    Raises:
+        ModelInputError: Nothing can be segmented, or no candidate could be fitted.
+        FitTimeoutError: The final fit ran past the wall-clock limit.
+    """
+    if data.isEmpty():
+        raise clustering.ModelInputError("no customers to segment: none has a purchase before the as-of date")
+    prep_model, preparation = clustering.prepare(data, features, settings.prep)
+    partitions = max(spark.sparkContext.defaultParallelism, 1)
+    vectors = (
+        prep_model.transform(data)
+        .select("customer_id", ACTIVITY, FEATURES_COL)
+        .repartition(partitions)
+        .persist(StorageLevel.MEMORY_AND_DISK)
+    )
+    selection, bootstraps = settings.selection, settings.stability.bootstraps
+    sample = vectors
+    try:
+        dimension = _dimension(vectors)
+        if selection.enabled or bootstraps:
+            sample = stratified_sample(vectors, selection.sample_rows, selection.strata, settings.seed)
+            sample = sample.persist(StorageLevel.MEMORY_AND_DISK)
+        sample_rows = sample.count()
+        candidates: list[Candidate] = []
+        if selection.enabled:
+            algorithms = selection.algorithms or (settings.algorithm,)
+            for algorithm in algorithms:
+                for k in range(selection.k_min, selection.k_max + 1):
+                    log.info("model selection: %s k=%d on %d customers", algorithm, k, sample_rows)
+                    candidate = score_candidate(spark, sample, algorithm, k, settings, dimension)
+                    candidates.append(candidate)
+                    _log_candidate(candidate, settings, sample_rows)
+            best, reason = choose(candidates, selection.rule, selection.min_segment_share)
+            rule = selection.rule
+        else:
+            best, reason, rule = Candidate(settings.algorithm, settings.k), "model.selection.enabled is false", "fixed"
+        final = clustering.fit_clusterer(spark, vectors, best.algorithm, best.k, settings, lower_k=True)
+        k = clustering.model_k(final)  # lower than asked when there are fewer distinct customers
+        # The final model (fitted on everyone) is scored on the same sample as the candidates.
+        final_metrics, sizes = evaluate(final, sample, dimension)
+        if not selection.enabled:
+            best.k, best.metrics = k, final_metrics
+            best.sizes = [sizes.get(i, 0) for i in range(k)]
+            best.metrics["smallest_segment_share"] = best.smallest_share
+            candidates.append(best)
+        best.chosen = True
+        log.info("chosen: %s k=%d (%s)", best.algorithm, k, reason)
+        stable = stability(spark, sample, final, best.algorithm, k, settings) if bootstraps else {"bootstraps": 0}
+    except BaseException:
+        vectors.unpersist()
+        raise
+    finally:
+        if sample is not vectors:
+            sample.unpersist()
+    assignments = clustering.assign(final, vectors).persist(StorageLevel.MEMORY_AND_DISK)
+    counted = {int(r[0]): int(r[1]) for r in assignments.groupBy(clustering.SEGMENT_COL).count().collect()}
+    segment_sizes = [counted.get(i, 0) for i in range(k)]
+    fit_metrics = {
+        "k": float(k),
+        "customers_modelled": float(sum(segment_sizes)),
+        "features_used": float(len(preparation.kept)),
+        "selection_sample_rows": float(sample_rows),
+        **{name: value for name, value in final_metrics.items() if _finite(value)},
+    }
+    if _finite(stable.get("mean_ari")):
+        fit_metrics["stability_mean_ari"] = stable["mean_ari"]
+        fit_metrics["unstable_segments"] = float(len(stable["unstable_segments"]))
+    hierarchy = clustering.bisecting_hierarchy(final) if isinstance(final, BisectingKMeansModel) else None
+    return Segmentation(
+        model=PipelineModel(stages=[*prep_model.stages, final]),
+        algorithm=best.algorithm,
+        k=k,
+        assignments=assignments,
+        preparation=preparation,
+        candidates=candidates,
+        rule=rule,
+        reason=reason,
+        metrics=fit_metrics,
+        segment_sizes=segment_sizes,
+        stability=stable,
+        hierarchy=hierarchy,
+        vectors=vectors,
+        seed=settings.seed,
+    )
+
+
+SELECTION_SCHEMA = (
+    "run_id string, as_of_date date, algorithm string, k int, status string, chosen boolean, elbow boolean, "
+    "rule string, silhouette double, wssse double, calinski_harabasz double, davies_bouldin double, "
+    "log_likelihood double, bic double, smallest_segment_share double, sizes array<bigint>, seconds double, "
+    "sample_rows bigint, seed bigint"
+)
+HIERARCHY_SCHEMA = (
+    "run_id string, as_of_date date, node_id int, parent_id int, depth int, segment_id int, size bigint, "
+    "cost double, center array<double>"
+)
+
+
+def selection_rows(spark: SparkSession, seg: Segmentation, run_id: str, as_of: date) -> DataFrame:
+    """One row per candidate for the ``model_selection`` table."""
+    sample_rows = int(seg.metrics["selection_sample_rows"])
+    rows = []
+    for c in seg.candidates:
+        m = {name: (value if _finite(value) else None) for name, value in c.metrics.items()}
+        rows.append(
+            (
+                run_id, as_of, c.algorithm, c.k, c.status, c.chosen, c.elbow, seg.rule,
+                m.get("silhouette"), m.get("wssse"), m.get("calinski_harabasz"), m.get("davies_bouldin"),
+                m.get("log_likelihood"), m.get("bic"), m.get("smallest_segment_share"),
+                c.sizes, float(c.seconds), sample_rows, seg.seed,
+            )
+        )  # fmt: skip
+    return spark.createDataFrame(rows, SELECTION_SCHEMA)
+
+
+def hierarchy_rows(spark: SparkSession, nodes: list[dict[str, Any]], run_id: str, as_of: date) -> DataFrame:
+    """The bisecting split tree for the ``segment_hierarchy`` table."""
+    rows = [
+        (run_id, as_of, n["node_id"], n["parent_id"], n["depth"], n["segment_id"], n["size"], n["cost"], n["center"])
+        for n in nodes
+    ]
+    return spark.createDataFrame(rows, HIERARCHY_SCHEMA)

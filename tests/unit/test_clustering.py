@@ -1,0 +1,204 @@
+"""The clustering interface: guards and fallbacks on awkward input, assignment, the wall-clock limit."""
+
+import threading
+import time
+
+import numpy as np
+import pytest
+from pyspark.ml.linalg import Vectors
+from pyspark.sql import functions as F
+
+from seg_spark.config import ModelSettings, PrepSettings, SelectionSettings, StabilitySettings
+from seg_spark.models import clustering, selection
+from seg_spark.models.prep import PreparationError
+
+FEATURES = ("a", "b", "c")
+
+
+def fixed(k: int = 3, algorithm: str = "kmeans", **changes) -> ModelSettings:
+    """Selection and stability off: fit ``algorithm`` with ``k``; no log1p, no clipping."""
+    return ModelSettings(
+        algorithm=algorithm,
+        k=k,
+        features=FEATURES,
+        selection=SelectionSettings(enabled=False),
+        stability=StabilitySettings(bootstraps=0),
+        prep=PrepSettings(log1p_features=(), winsorize=None),
+        **changes,
+    )
+
+
+def customers(spark, rows):
+    """(a, b, c) per customer; frequency 1."""
+    data = [(f"c{i}", 1.0, *r) for i, r in enumerate(rows)]
+    return spark.createDataFrame(data, "customer_id string, frequency double, a double, b double, c double")
+
+
+def within(seconds, action):
+    """Run ``action``; fail (instead of hanging the suite) when it takes longer than ``seconds``."""
+    outcome = {}
+
+    def target():
+        try:
+            outcome["value"] = action()
+        except BaseException as exc:
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"still running after {seconds}s"
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+def three_groups(n=60):
+    rng = np.random.default_rng(1)
+    centres = [(0, 0, 0), (10, 0, 5), (0, 10, -5)]
+    return [tuple(float(v) for v in rng.normal(centres[i % 3], 0.5)) for i in range(n)]
+
+
+def test_zero_variance_and_nan_features_are_dropped_or_imputed(spark):
+    # a alone separates the groups (c too, where it is known); b is constant.
+    rows = [
+        (10.0 * (i % 3) + a / 5, 7.0, float("nan") if i % 4 == 0 else c) for i, (a, _, c) in enumerate(three_groups())
+    ]
+    seg = within(120, lambda: selection.segment(spark, customers(spark, rows), FEATURES, fixed()))
+    try:
+        assert seg.k == 3 and sorted(seg.segment_sizes) == [20, 20, 20]
+        decisions = {d["feature"]: d for d in seg.preparation.report()}
+        assert decisions["b"]["kept"] is False and "variance" in decisions["b"]["reason"]
+        assert seg.preparation.kept == ("a", "c")
+    finally:
+        seg.release()
+
+
+@pytest.mark.parametrize(
+    ("rows", "k", "expected_k"),
+    [
+        ([(1.0, 0.0, 0.0)] * 10 + [(5.0, 1.0, 2.0)] * 10, 5, 2),  # fewer distinct points than k
+        ([(1.0, 0.0, 0.0), (5.0, 1.0, 2.0), (9.0, 3.0, 1.0)], 6, 3),  # k >= customers
+    ],
+    ids=["fewer distinct points than k", "k at least the customers"],
+)
+@pytest.mark.parametrize("algorithm", ["kmeans", "bisecting_kmeans"])
+def test_k_is_lowered_to_the_distinct_points(spark, rows, k, expected_k, algorithm):
+    seg = within(120, lambda: selection.segment(spark, customers(spark, rows), FEATURES, fixed(k, algorithm)))
+    try:
+        assert seg.k == expected_k
+        assert sum(seg.segment_sizes) == len(rows) and min(seg.segment_sizes) > 0
+    finally:
+        seg.release()
+
+
+def test_a_single_customer_is_a_clear_error(spark):
+    with pytest.raises(PreparationError, match="no usable feature"):
+        within(60, lambda: selection.segment(spark, customers(spark, [(1.0, 2.0, 3.0)]), FEATURES, fixed()))
+
+
+def test_identical_customers_are_a_clear_error(spark):
+    rows = [(1.0, 2.0, 3.0)] * 20
+    with pytest.raises(PreparationError, match="no usable feature"):
+        within(60, lambda: selection.segment(spark, customers(spark, rows), FEATURES, fixed()))
+
+
+def test_an_empty_input_is_a_clear_error(spark):
+    with pytest.raises(clustering.ModelInputError, match="no customers to segment"):
+        within(60, lambda: selection.segment(spark, customers(spark, []), FEATURES, fixed()))
+
+
+def test_non_finite_vectors_are_refused_before_any_fit(spark):
+    vectors = spark.createDataFrame(
+        [(Vectors.dense([1.0, float("nan")]),), (Vectors.dense([2.0, 1.0]),), (Vectors.dense([3.0, 0.0]),)],
+        ["features"],
+    )
+    with pytest.raises(clustering.ModelInputError, match="NaN or infinite"):
+        within(60, lambda: clustering.check_input(vectors, 2, "gaussian_mixture"))
+
+
+def test_a_collapsed_mixture_component_is_detected():
+    healthy = np.array([[[1.0, 0.2], [0.2, 1.0]]])
+    flat = np.array([[[1.0, 1.0], [1.0, 1.0]]])  # all its points on a line
+    assert clustering.collapsed_components(np.concatenate([healthy, flat, healthy])) == [1]
+
+
+@pytest.mark.parametrize("regularization", [0.0, 0.05], ids=["off: a clear error", "on: a regularised fit"])
+def test_a_mixture_on_repeated_points_ends_in_a_clear_error_or_a_fallback(spark, regularization):
+    """Four points repeated: without regularisation each component collapses onto one of them."""
+    rows = [(1.0, 0.0, 0.0), (5.0, 1.0, 2.0), (9.0, 3.0, 1.0), (2.0, 7.0, 1.0)] * 25
+    settings = fixed(4, "gaussian_mixture", fit_timeout_seconds=60, gmm_regularization=regularization)
+    data = customers(spark, rows)
+    if regularization == 0:
+        with pytest.raises(clustering.DegenerateModelError, match="collapsed"):
+            within(120, lambda: selection.segment(spark, data, FEATURES, settings))
+        return
+    seg = within(120, lambda: selection.segment(spark, data, FEATURES, settings))
+    try:
+        # A fitted mixture with finite likelihood; copies of a point share their segment.
+        assert seg.k == 4 and sum(seg.segment_sizes) == 100
+        assert np.isfinite(seg.metrics["log_likelihood"]) and np.isfinite(seg.metrics["bic"])
+        labels = {r.customer_id: r.segment_id for r in seg.assignments.collect()}
+        assert all(labels[f"c{i}"] == labels[f"c{i % 4}"] for i in range(100))
+    finally:
+        seg.release()
+
+
+def test_a_fit_past_the_time_limit_is_cancelled(spark):
+    def slow():
+        return spark.sparkContext.parallelize([1], 1).map(lambda x: time.sleep(120) or x).count()
+
+    started = time.monotonic()
+    with pytest.raises(clustering.FitTimeoutError, match="fit_timeout_seconds = 2s"):
+        clustering.run_with_time_limit(spark, 2, "a slow job", slow)
+    assert time.monotonic() - started < 60
+    assert spark.range(3).count() == 3  # the session is still usable
+
+
+@pytest.mark.parametrize("algorithm", ["kmeans", "bisecting_kmeans", "gaussian_mixture"])
+def test_assignment_gives_segment_distance_or_probability_and_runner_up(spark, algorithm):
+    rows = three_groups(90)
+    seg = within(120, lambda: selection.segment(spark, customers(spark, rows), FEATURES, fixed(3, algorithm)))
+    try:
+        got = seg.assignments.collect()
+        assert len(got) == 90 and {r.segment_id for r in got} == {0, 1, 2}
+        assert all(r.runner_up_segment_id != r.segment_id for r in got)
+        if algorithm == "gaussian_mixture":
+            for r in got:
+                assert r.segment_probability == pytest.approx(max(r.membership))
+                assert r.runner_up_probability == pytest.approx(sorted(r.membership)[-2])
+                assert sum(r.membership) == pytest.approx(1.0)
+        else:
+            vectors = {r.customer_id: r.features.toArray() for r in seg.vectors.collect()}
+            centres = clustering.centers(seg.model.stages[-1])
+            for r in got:
+                distances = np.linalg.norm(centres - vectors[r.customer_id], axis=1)
+                assert r.segment_distance == pytest.approx(distances[r.segment_id])
+                others = [d if i != r.segment_id else np.inf for i, d in enumerate(distances)]
+                assert r.runner_up_segment_id == int(np.argmin(others))
+                assert r.runner_up_distance == pytest.approx(min(others))
+        # The saved pipeline (preparation + clustering) scores raw features the same way.
+        rescored = seg.model.transform(customers(spark, rows)).select("customer_id", F.col("segment_id").cast("int"))
+        assert {(r[0], r[1]) for r in rescored.collect()} == {(r.customer_id, r.segment_id) for r in got}
+    finally:
+        seg.release()
+
+
+def test_the_selection_sample_keeps_each_activity_band_in_proportion(spark):
+    # 1,000 customers: frequency 1 for 700 of them, 2, 3 or 4 for 250, 20 for the 50 heaviest.
+    frequency = F.when(F.col("id") < 700, 1).when(F.col("id") < 950, 2 + F.col("id") % 3).otherwise(20)
+    vectors = spark.range(1000).select(
+        F.concat(F.lit("c"), F.col("id").cast("string")).alias("customer_id"),
+        frequency.cast("double").alias("frequency"),
+    )
+    sample = selection.stratified_sample(vectors, 200, 4, seed=42)
+    rows = sample.collect()
+    counts = {}
+    for r in rows:
+        band = "1" if r.frequency == 1 else ("2" if r.frequency == 2 else "3+")
+        counts[band] = counts.get(band, 0) + 1
+    # Quartile edges 1, 1, 2 give the bands {1} (700), {2} (83), {3, 4, 20} (217); each keeps 20%, rounded up.
+    assert counts == {"1": 140, "2": 17, "3+": 44}
+    again = selection.stratified_sample(vectors, 200, 4, seed=42).collect()
+    assert sorted(r.customer_id for r in again) == sorted(r.customer_id for r in rows)
+    assert selection.stratified_sample(vectors, 5000, 4, seed=42) is vectors  # small enough: everyone
