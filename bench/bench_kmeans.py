@@ -25,9 +25,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pyspark import StorageLevel
 from pyspark.ml.clustering import KMeans
+from pyspark.sql import functions as F
 from sklearn.cluster import KMeans as SkKMeans
 from threadpoolctl import threadpool_info, threadpool_limits
 
+from seg_spark.config import SparkSettings
 from seg_spark.session import get_spark
 
 RESULTS = Path(__file__).resolve().parent / "results" / "kmeans.jsonl"
@@ -57,15 +59,19 @@ def main() -> None:
     parser.add_argument("--solver", default="block", choices=["auto", "row", "block"])
     parser.add_argument("--repeats", type=int, default=3, help="timed fits per side; the median is reported")
     parser.add_argument("--out", default="/tmp/seg-bench/kmeans")
+    parser.add_argument("--cores", type=int, default=len(os.sched_getaffinity(0)), help="for both sides")
     args = parser.parse_args()
 
-    spark = get_spark()
-    cores = spark.sparkContext.defaultParallelism
+    # The JVM may see the host's processors; both sides get the cores this process may use.
+    cores = args.cores
+    spark = get_spark(SparkSettings(master=f"local[{cores}]", shuffle_partitions=cores))
     x = matrix(args.rows, args.dims, seed=7)
     path = Path(args.out) / f"{args.rows}x{args.dims}"
     if not path.is_dir():
         write_parquet(x, path)
-    data = spark.read.parquet(str(path)).repartition(cores).persist(StorageLevel.MEMORY_AND_DISK)
+    # MLlib wants array<double> without null elements; Parquet lists are read as nullable.
+    features = F.transform("features", lambda v: F.coalesce(v, F.lit(0.0))).alias("features")
+    data = spark.read.parquet(str(path)).select(features).repartition(cores).persist(StorageLevel.MEMORY_AND_DISK)
     assert data.count() == args.rows
 
     kmeans = KMeans(k=args.k, maxIter=args.iterations, tol=0.0, initMode="random", seed=1, solver=args.solver)
