@@ -176,14 +176,14 @@ def gaussian_log_likelihood(
     return float("-inf") if total is None else float(total)
 
 
-def gaussian_parameters(k: int, d: int) -> int:
+def mixture_parameter_count(k: int, d: int) -> int:
     """Free parameters of a full-covariance mixture: means, covariances, weights."""
     return k * d + k * d * (d + 1) // 2 + k - 1
 
 
 def bic(log_likelihood: float, k: int, d: int, n: int) -> float:
     """Bayesian information criterion (lower is better), as scikit-learn's ``GaussianMixture.bic``."""
-    return -2.0 * log_likelihood + gaussian_parameters(k, d) * math.log(n)
+    return -2.0 * log_likelihood + mixture_parameter_count(k, d) * math.log(n)
 
 
 def elbow(ks: Sequence[int], costs: Sequence[float]) -> int | None:
