@@ -492,6 +492,12 @@ class ModelSettings(_Strict):
         "before fitting, so point masses (e.g. every one-order customer) cannot collapse a component onto a "
         "singular covariance; 0: off (collapses are then rejected).",
     )
+    gmm_restarts: int = Field(
+        default=3,
+        ge=1,
+        description="gaussian_mixture: fits from different random starts (seeds seed, seed+1, ...); the one "
+        "with the highest log-likelihood is kept, as MLlib starts a mixture from random points, not k-means.",
+    )
     fit_timeout_seconds: float = Field(
         default=1800, gt=0, description="Wall-clock limit per fit; a fit over it is cancelled and reported."
     )

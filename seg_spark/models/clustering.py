@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
-from pyspark import InheritableThread
+from pyspark import InheritableThread, StorageLevel
 from pyspark.ml import Model, Pipeline, PipelineModel
 from pyspark.ml.clustering import BisectingKMeans, BisectingKMeansModel, GaussianMixture, GaussianMixtureModel, KMeans
 from pyspark.ml.functions import array_to_vector, vector_to_array
@@ -224,29 +224,62 @@ def fit_clusterer(
 
     Raises:
         ModelInputError: The input cannot be segmented (see ``check_input``).
-        DegenerateModelError: A mixture component collapsed.
+        DegenerateModelError: Every start of a mixture collapsed a component.
         FitTimeoutError: The fit ran past ``model.fit_timeout_seconds``.
     """
     fitted_k = check_input(vectors, k, algorithm)
     if fitted_k < k and not lower_k:
         raise ModelInputError(f"only {fitted_k} distinct customers: {algorithm} cannot find k={k} segments")
     k = fitted_k
-    estimator = make_clusterer(algorithm, k, settings, seed)
-    training = vectors
-    if algorithm == "gaussian_mixture" and settings.gmm_regularization > 0:
-        training = jittered(vectors, settings.gmm_regularization, settings.seed if seed is None else seed)
-    model = run_with_time_limit(
-        spark, settings.fit_timeout_seconds, f"{algorithm} k={k}", lambda: estimator.fit(training)
-    )
+    seed = settings.seed if seed is None else seed
     if algorithm == "gaussian_mixture":
-        weights, _, covariances = gaussian_parameters(model)
-        collapsed = collapsed_components(covariances)
-        if collapsed or not all(np.isfinite(weights)):
-            raise DegenerateModelError(
-                f"gaussian_mixture k={k}: component(s) {collapsed} collapsed (singular covariance: "
-                "too few distinct customers in them); use a lower k, kmeans, or model.prep.pca_components"
+        return _fit_mixture(spark, vectors, k, settings, seed)
+    estimator = make_clusterer(algorithm, k, settings, seed)
+    return run_with_time_limit(
+        spark, settings.fit_timeout_seconds, f"{algorithm} k={k}", lambda: estimator.fit(vectors)
+    )
+
+
+def _fit_mixture(spark: SparkSession, vectors: DataFrame, k: int, settings: ModelSettings, seed: int) -> Model:
+    """The best of ``model.gmm_restarts`` mixtures by log-likelihood, each guarded against collapse.
+
+    Every restart sees the same (jittered) training data, so their log-likelihoods compare;
+    only the random start differs (seeds ``seed``, ``seed + 1``, ...).
+    """
+    training = vectors
+    if settings.gmm_regularization > 0:
+        training = jittered(vectors, settings.gmm_regularization, seed)
+    if settings.gmm_restarts > 1:
+        training = training.persist(StorageLevel.MEMORY_AND_DISK)
+    best, best_ll, collapsed_in = None, float("-inf"), []
+    try:
+        for restart in range(settings.gmm_restarts):
+            estimator = make_clusterer("gaussian_mixture", k, settings, seed + restart)
+            model = run_with_time_limit(
+                spark,
+                settings.fit_timeout_seconds,
+                f"gaussian_mixture k={k} start {restart + 1}/{settings.gmm_restarts}",
+                lambda estimator=estimator: estimator.fit(training),
             )
-    return model
+            weights, _, covariances = gaussian_parameters(model)
+            collapsed = collapsed_components(covariances)
+            if collapsed or not all(np.isfinite(weights)):
+                collapsed_in.append(f"start {restart + 1}: component(s) {collapsed}")
+                continue
+            ll = float(model.summary.logLikelihood)
+            log.info("gaussian_mixture k=%d start %d: log-likelihood %.4f", k, restart + 1, ll)
+            if ll > best_ll:
+                best, best_ll = model, ll
+    finally:
+        if training is not vectors:
+            training.unpersist()
+    if best is None:
+        raise DegenerateModelError(
+            f"gaussian_mixture k={k}: every start collapsed ({'; '.join(collapsed_in)}: singular covariance, "
+            "too few distinct customers in them); use a lower k, kmeans, model.gmm_regularization > 0 "
+            "or model.prep.pca_components"
+        )
+    return best
 
 
 def model_k(model: Model) -> int:

@@ -228,22 +228,30 @@ def modelled(spark, first_run, settings):
     data.unpersist()
 
 
-def test_a_gaussian_mixture_recovers_the_planted_archetypes(spark, settings, modelled):
+def test_a_gaussian_mixture_sweep_finds_the_planted_archetypes(spark, settings, modelled):
+    """Six archetypes planted; a mixture sweep over k = 4..8 (silhouette rule, three starts per k)."""
     data, features, truth = modelled
     model = settings.model.model_copy(
         update={
             "algorithm": "gaussian_mixture",
-            "selection": SelectionSettings(enabled=False),
+            "selection": SelectionSettings(k_min=4, k_max=8),
             "stability": StabilitySettings(bootstraps=0),
         }
     )
     seg = selection.segment(spark, data, features, model)
     try:
-        assert seg.k == 6 and np.isfinite(seg.metrics["bic"]) and np.isfinite(seg.metrics["log_likelihood"])
+        assert model.gmm_restarts == 3
+        assert [c.k for c in seg.candidates] == [4, 5, 6, 7, 8] and all(c.status == "ok" for c in seg.candidates)
+        assert all(np.isfinite(c.metrics["bic"]) and np.isfinite(c.metrics["log_likelihood"]) for c in seg.candidates)
+        assert 5 <= seg.k <= 7 and seg.algorithm == "gaussian_mixture"
         agreement = label_agreement(seg.assignments.join(truth, "customer_id"), "archetype", "segment_id")
-        assert agreement["adjusted_rand_index"] >= 0.7
+        assert agreement["adjusted_rand_index"] >= 0.7 and agreement["v_measure"] >= 0.7
         probabilities = seg.assignments.agg(F.min("segment_probability"), F.max("segment_probability")).first()
         assert 0 < probabilities[0] <= probabilities[1] <= 1
+        # The membership vector is a distribution whose largest entry is the assigned segment's.
+        row = seg.assignments.first()
+        assert abs(sum(row["membership"]) - 1) < 1e-9
+        assert row["segment_probability"] == max(row["membership"]) == row["membership"][row["segment_id"]]
     finally:
         seg.release()
 

@@ -202,3 +202,27 @@ def test_the_selection_sample_keeps_each_activity_band_in_proportion(spark):
     again = selection.stratified_sample(vectors, 200, 4, seed=42).collect()
     assert sorted(r.customer_id for r in again) == sorted(r.customer_id for r in rows)
     assert selection.stratified_sample(vectors, 5000, 4, seed=42) is vectors  # small enough: everyone
+
+
+def test_a_mixture_keeps_the_start_with_the_highest_likelihood(spark):
+    """MLlib starts a mixture from random points; of ``gmm_restarts`` starts the likeliest is kept."""
+    rng = np.random.default_rng(3)
+    centres = np.array([(0, 0), (3, 0), (0, 3), (3, 3), (1.5, 1.5)])
+    rows = [(f"c{i}", Vectors.dense(rng.normal(centres[i % 5], 0.6))) for i in range(400)]
+    vectors = spark.createDataFrame(rows, ["customer_id", "features"]).cache()
+    # No jitter: every start then sees exactly the same data, with or without restarts.
+    single = fixed(5, "gaussian_mixture", gmm_regularization=0.0, gmm_restarts=1, max_iter=30)
+    likelihoods = [
+        within(
+            120,
+            lambda s=s: clustering.fit_clusterer(spark, vectors, "gaussian_mixture", 5, single, seed=s, lower_k=False),
+        ).summary.logLikelihood
+        for s in (7, 8, 9)
+    ]
+    restarted = single.model_copy(update={"gmm_restarts": 3})
+    best = within(
+        300, lambda: clustering.fit_clusterer(spark, vectors, "gaussian_mixture", 5, restarted, seed=7, lower_k=False)
+    )
+    vectors.unpersist()
+    assert len(set(np.round(likelihoods, 6))) > 1, "the starts should differ on overlapping groups"
+    assert best.summary.logLikelihood == pytest.approx(max(likelihoods), abs=1e-9)
