@@ -246,11 +246,11 @@ def _fit_mixture(spark: SparkSession, vectors: DataFrame, k: int, settings: Mode
     Every restart sees the same (jittered) training data, so their log-likelihoods compare;
     only the random start differs (seeds ``seed``, ``seed + 1``, ...).
     """
-    training = vectors
+    training = vectors  # cached by the caller
     if settings.gmm_regularization > 0:
         training = jittered(vectors, settings.gmm_regularization, seed)
-    if settings.gmm_restarts > 1:
-        training = training.persist(StorageLevel.MEMORY_AND_DISK)
+        if settings.gmm_restarts > 1:  # every start reads the same jittered rows
+            training = training.persist(StorageLevel.MEMORY_AND_DISK)
     best, best_ll, collapsed_in = None, float("-inf"), []
     try:
         for restart in range(settings.gmm_restarts):
@@ -276,8 +276,8 @@ def _fit_mixture(spark: SparkSession, vectors: DataFrame, k: int, settings: Mode
     if best is None:
         raise DegenerateModelError(
             f"gaussian_mixture k={k}: every start collapsed ({'; '.join(collapsed_in)}: singular covariance, "
-            "too few distinct customers in them); use a lower k, kmeans, model.gmm_regularization > 0 "
-            "or model.prep.pca_components"
+            "too few distinct customers in them); use a lower k, kmeans, a larger "
+            "model.gmm_regularization or model.prep.pca_components"
         )
     return best
 
