@@ -19,17 +19,15 @@ Appends a JSON line with both times and their ratio to bench/results/features.js
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import os
-import platform
 import shutil
 import time
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
 from delta.tables import DeltaTable
 from pyspark.sql import functions as F
+from record import record  # bench/record.py: the script's folder is on sys.path
 
 from seg_spark import io, quality
 from seg_spark.config import FeatureSettings, GeneratorSettings, QualitySettings, SourceSettings
@@ -38,7 +36,6 @@ from seg_spark.features.behaviour import derive_features, features_from_state, m
 from seg_spark.session import get_spark
 from seg_spark.synth import write_generated
 
-RESULTS = Path(__file__).resolve().parent / "results" / "features.jsonl"
 END = date(2026, 1, 1)
 
 
@@ -109,27 +106,23 @@ def main() -> None:
     written = io.read_delta(spark, features_path)
     scratch = derive_features(io.read_delta(spark, daily), END, settings).select(*written.columns)
     identical = written.exceptAll(scratch).count() == 0 and scratch.exceptAll(written).count() == 0
-    result = {
-        "bench": "features",
-        "when": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": f"{os.cpu_count()} cores, {platform.machine()}",
-        "customers": args.customers,
-        "history_rows": history_rows,
-        "new_day_rows": day_rows,
-        "incremental_mode": refreshed.mode,
-        "rows_per_day_aggregated": "all" if refreshed.mode == "full" else day_rows,
-        "days_refreshed": refreshed.days_refreshed,
-        "state_modes": states,
-        "incremental_equals_scratch": identical,
-        "full_seconds": round(full, 1),
-        "append_seconds": round(append, 1),
-        "incremental_seconds": round(incremental, 1),
-        "ratio": round(incremental / full, 3),
-    }
-    print(json.dumps(result))
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    with RESULTS.open("a") as handle:
-        handle.write(json.dumps(result) + "\n")
+    record(
+        "features",
+        {
+            "customers": args.customers,
+            "history_rows": history_rows,
+            "new_day_rows": day_rows,
+            "incremental_mode": refreshed.mode,
+            "rows_per_day_aggregated": "all" if refreshed.mode == "full" else day_rows,
+            "days_refreshed": refreshed.days_refreshed,
+            "state_modes": states,
+            "incremental_equals_scratch": identical,
+            "full_seconds": round(full, 1),
+            "append_seconds": round(append, 1),
+            "incremental_seconds": round(incremental, 1),
+            "ratio": round(incremental / full, 3),
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -8,19 +8,16 @@ Writes a JSON line to bench/results/generate.jsonl.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import shutil
 import time
-from datetime import UTC, date, datetime
+from datetime import date
 from pathlib import Path
+
+from record import record  # bench/record.py: the script's folder is on sys.path
 
 from seg_spark.config import GeneratorSettings
 from seg_spark.session import get_spark
 from seg_spark.synth import write_generated
-
-RESULTS = Path(__file__).resolve().parent / "results" / "generate.jsonl"
 
 
 def main() -> None:
@@ -38,21 +35,17 @@ def main() -> None:
     seconds = time.perf_counter() - started
     rows = spark.read.parquet(paths["transactions"]).count()
     size = sum(f.stat().st_size for f in Path(paths["transactions"]).rglob("*.parquet"))
-    result = {
-        "bench": "generate",
-        "when": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": f"{os.cpu_count()} cores, {platform.machine()}",
-        "customers": args.customers,
-        "days": args.days,
-        "rows": rows,
-        "seconds": round(seconds, 1),
-        "rows_per_second": round(rows / seconds),
-        "parquet_bytes": size,
-    }
-    print(json.dumps(result))
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    with RESULTS.open("a") as out:
-        out.write(json.dumps(result) + "\n")
+    record(
+        "generate",
+        {
+            "customers": args.customers,
+            "days": args.days,
+            "rows": rows,
+            "seconds": round(seconds, 1),
+            "rows_per_second": round(rows / seconds),
+            "parquet_bytes": size,
+        },
+    )
     if not args.keep:
         shutil.rmtree(args.out, ignore_errors=True)
 

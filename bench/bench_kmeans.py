@@ -18,11 +18,8 @@ bench/results/kmeans.jsonl.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -32,13 +29,12 @@ from pyspark import StorageLevel
 from pyspark.ml.clustering import KMeans
 from pyspark.ml.functions import array_to_vector
 from pyspark.sql import functions as F
+from record import record  # bench/record.py: the script's folder is on sys.path
 from sklearn.cluster import KMeans as SkKMeans
 from threadpoolctl import threadpool_info, threadpool_limits
 
 from seg_spark.config import SparkSettings
 from seg_spark.session import get_spark
-
-RESULTS = Path(__file__).resolve().parent / "results" / "kmeans.jsonl"
 
 
 def matrix(rows: int, dims: int, seed: int) -> np.ndarray:
@@ -124,31 +120,27 @@ def main() -> None:
         return {"fixed_seconds": round(single - per_iteration, 3), "per_iteration_seconds": round(per_iteration, 4)}
 
     spark_seconds, sklearn_seconds = float(np.median(spark_times)), float(np.median(sklearn_times))
-    result = {
-        "bench": "kmeans",
-        "when": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": f"{os.cpu_count()} cores, {platform.machine()}",
-        "rows": args.rows,
-        "dims": args.dims,
-        "k": args.k,
-        "iterations": {"spark": sorted(spark_iterations), "sklearn": sorted(sklearn_iterations)},
-        "spark_cores": cores,
-        "spark_solver": args.solver,
-        "spark_input": args.input,
-        "spark_block_mb": args.block_mb,
-        "spark_seconds": round(spark_seconds, 2),
-        "sklearn_seconds": round(sklearn_seconds, 2),
-        "ratio": round(spark_seconds / sklearn_seconds, 2),
-        "spark_split": split(spark_seconds, float(np.median(spark_single))),
-        "sklearn_split": split(sklearn_seconds, float(np.median(sklearn_single))),
-        "sklearn_threadpools": blas,
-        "spark_times": [round(t, 2) for t in spark_times],
-        "sklearn_times": [round(t, 2) for t in sklearn_times],
-    }
-    print(json.dumps(result), flush=True)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    with RESULTS.open("a") as handle:
-        handle.write(json.dumps(result) + "\n")
+    record(
+        "kmeans",
+        {
+            "rows": args.rows,
+            "dims": args.dims,
+            "k": args.k,
+            "iterations": {"spark": sorted(spark_iterations), "sklearn": sorted(sklearn_iterations)},
+            "spark_cores": cores,
+            "spark_solver": args.solver,
+            "spark_input": args.input,
+            "spark_block_mb": args.block_mb,
+            "spark_seconds": round(spark_seconds, 2),
+            "sklearn_seconds": round(sklearn_seconds, 2),
+            "ratio": round(spark_seconds / sklearn_seconds, 2),
+            "spark_split": split(spark_seconds, float(np.median(spark_single))),
+            "sklearn_split": split(sklearn_seconds, float(np.median(sklearn_single))),
+            "sklearn_threadpools": blas,
+            "spark_times": [round(t, 2) for t in spark_times],
+            "sklearn_times": [round(t, 2) for t in sklearn_times],
+        },
+    )
 
 
 if __name__ == "__main__":
