@@ -3,14 +3,15 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup run test lint format clean
+.PHONY: setup run test test-fast lint typecheck format clean
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: setup.py
+# Exact versions from constraints.txt; the package itself states only ranges (setup.py).
+$(VENV)/.installed: setup.py constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[local,dev]'
 	touch $@
 
 run: setup
@@ -20,8 +21,15 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: lint
+typecheck: setup
+	$(BIN)/mypy
+
+test: lint typecheck
 	$(BIN)/pytest
+
+# Everything but the end-to-end runs and subprocesses: a couple of minutes.
+test-fast: lint typecheck
+	$(BIN)/pytest -m "not slow"
 
 format: setup
 	$(BIN)/ruff format .

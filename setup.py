@@ -15,24 +15,38 @@ setup(
     long_description=(here / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["seg_spark", "seg_spark.*"]),
-    python_requires=">=3.10,<3.13",
-    # Pinned together: delta-spark 4.4.0 ships JARs for Spark 4.2 (io.delta:delta-spark_4.2_2.13).
+    python_requires=">=3.11,<3.13",  # datetime.UTC, enum.StrEnum
+    # Ranges only: on a Databricks runtime the wheel must not replace the runtime's own
+    # PySpark, Delta, MLflow, pandas or numpy. Exact versions for the local and CI
+    # environment live in constraints.txt (used by `make setup`).
     install_requires=[
-        "pyspark==4.2.0",
-        "delta-spark==4.4.0",
-        "mlflow==3.17.2",
-        "pyyaml==6.0.3",
-        "pydantic==2.14.3",
-        "pandas==2.3.3",  # PySpark warns on pandas 3
-        "pyarrow==25.0.1",
-        "numpy==2.4.6",  # pyspark.ml and the metrics on per-segment summaries
+        "pyyaml>=6.0,<7",
+        "pydantic>=2.5,<3",
+        "numpy>=1.24",
+        "pandas>=1.5,<3",  # PySpark warns on pandas 3
+        "pyarrow>=11",
     ],
     extras_require={
+        # Spark, Delta Lake and MLflow for a laptop or a spark-submit driver; a Databricks
+        # runtime ships its own. delta-spark 4.4 ships the JARs for Spark 4.2.
+        "local": [
+            "pyspark>=4.2,<4.3",
+            "delta-spark>=4.4,<4.5",
+            "mlflow>=3.0,<4",
+        ],
         "dev": [
-            "pytest==9.2.0",
-            "ruff==0.17.6",
-            "scikit-learn==1.9.1",  # test-only reference for metrics
+            "pytest>=8",
+            "ruff>=0.15",
+            "mypy>=1.10",
+            "scikit-learn>=1.5",  # test-only reference for metrics
         ],
     },
-    entry_points={"console_scripts": ["seg-spark=seg_spark.cli:main"]},
+    entry_points={
+        "console_scripts": [
+            "seg-spark=seg_spark.cli:main",
+            "seg-spark-ingest=seg_spark.cli:ingest",
+            "seg-spark-features=seg_spark.cli:features",
+            "seg-spark-segment=seg_spark.cli:segment",
+        ]
+    },
 )

@@ -1,4 +1,4 @@
-"""spark-submit entry point for the whole pipeline (ingest, features, segment, publish).
+"""spark-submit entry point for the whole pipeline (every stage, in order).
 
     spark-submit [spark options] jobs/pipeline.py --config conf/local.yaml [--set key=value ...]
 
@@ -7,7 +7,7 @@ Arguments are those of ``seg-spark run``; all work happens in the ``seg_spark`` 
 
 import sys
 
-from seg_spark.cli import main
+from seg_spark.cli import run_stage_main
 
 if __name__ == "__main__":
-    sys.exit(main(["run", *sys.argv[1:]]))
+    sys.exit(run_stage_main(None))

@@ -1,7 +1,8 @@
 """The ``seg-spark`` command line (also behind the thin scripts in ``jobs/``).
 
-Exit codes: 0 success, 2 configuration error, 3 data error (unreadable source, mapping
-that does not fit, rows lost, unusable model input), 1 anything unexpected.
+Exit codes (``seg_spark.errors``): 0 success, 2 configuration error, 3 data error
+(unreadable source, mapping that does not fit, rows lost, a stage's input missing,
+unusable model input), 1 anything unexpected.
 """
 
 from __future__ import annotations
@@ -10,12 +11,17 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from seg_spark.config import ConfigError, Settings, load_config
+from seg_spark import preflight
+from seg_spark.config import Settings, load_config
+from seg_spark.errors import EXIT_OK, SegSparkError
+from seg_spark.stages import STAGE_NAMES
+
+if TYPE_CHECKING:
+    from seg_spark.pipeline import PipelineResult
 
 log = logging.getLogger("seg_spark")
-
-EXIT_OK, EXIT_UNEXPECTED, EXIT_CONFIG, EXIT_DATA = 0, 1, 2, 3
 
 
 def _config_args(parser: argparse.ArgumentParser) -> None:
@@ -42,8 +48,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="seg-spark", description="Customer segmentation on Spark and Delta Lake.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="ingest, features, segment and publish, end to end")
+    run = sub.add_parser("run", help="run the pipeline's stages (all, or those named with --stage)")
     _config_args(run)
+    run.add_argument(
+        "--stage",
+        action="append",
+        default=[],
+        choices=STAGE_NAMES,
+        help="run only this stage (repeatable; they run in pipeline order). Default: every stage",
+    )
+    run.add_argument("--run-id", help="the run's id (shared by the stages of one run started as separate processes)")
+    run.add_argument("--as-of", metavar="YYYY-MM-DD", help="as-of date of the features (sets features.as_of_date)")
 
     gen = sub.add_parser("generate", help="write a synthetic transaction log with planted archetypes")
     _config_args(gen)
@@ -58,52 +73,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _settings(args: argparse.Namespace) -> Settings:
     paths = args.config or ["conf/local.yaml"]
-    return load_config(paths, args.overrides)
+    overrides = list(args.overrides)
+    # Validated by the config like any --set: a run id with odd characters is refused there.
+    if getattr(args, "run_id", None):
+        overrides.append(f"run.run_id={args.run_id}")
+    if getattr(args, "as_of", None):
+        overrides.append(f"features.as_of_date={args.as_of}")
+    return load_config(paths, overrides)
 
 
-def _print_run(result) -> None:  # noqa: ANN001 - RunResult, imported lazily with Spark
-    counts = result.counts
-    print(f"\nseg-spark run {result.run_id} as of {result.as_of_date}")
-    print(
-        f"  input rows {counts.input_rows:,}: clean {counts.clean_rows:,}, quarantined "
-        f"{counts.quarantined_rows:,} {counts.by_reason or ''}, duplicates removed {counts.duplicates_removed:,}"
-    )
-    refresh = result.refresh
-    print(f"  features: {refresh.mode} refresh of the daily aggregates ({refresh.reason}), {refresh.seconds:.1f}s")
-    state = result.state
-    print(f"            running state {state.mode} ({state.reason}), {state.seconds:.1f}s")
+def _print_run(result: PipelineResult) -> None:
+    as_of = next((r.as_of_date for r in result.stages.values() if r.as_of_date), None)
+    print(f"\nseg-spark run {result.run_id}" + (f" as of {as_of}" if as_of else "") + f": {', '.join(result.stages)}")
+    for stage in result.stages.values():
+        for line in stage.report():
+            print(f"  {line}")
     print("  Delta tables:")
     for name, path in result.tables.items():
         print(f"    {name:<24} {path}")
     if result.mlflow_run_id:
         print(f"  MLflow: run {result.mlflow_run_id} in {result.tracking_uri}")
-        print(f"          model {result.model_uri} (version {result.model_version})")
-    m, chosen = result.metrics, result.selection
-    print(f"  model: {chosen['algorithm']} k={chosen['k']} ({chosen['reason']})")
-    line = (
-        f"  fit on a sample of {int(m['selection_sample_rows']):,}: silhouette {m.get('silhouette', float('nan')):.3f}"
-    )
-    line += f", Calinski-Harabasz {m.get('calinski_harabasz', float('nan')):.1f}"
-    line += f", Davies-Bouldin {m.get('davies_bouldin', float('nan')):.3f}; {int(m['customers_modelled']):,} customers"
-    print(line)
-    if "stability_mean_ari" in m:
-        unstable = chosen["unstable_segments"]
-        print(
-            f"  stability: mean adjusted Rand {m['stability_mean_ari']:.3f} over {chosen['bootstraps']} bootstraps; "
-            + (f"unstable segments {unstable}" if unstable else "no unstable segment")
-        )
-    if "truth_adjusted_rand_index" in m:
-        print(
-            f"  vs known labels: adjusted Rand {m['truth_adjusted_rand_index']:.3f}, "
-            f"V-measure {m['truth_v_measure']:.3f}"
-        )
-    if result.segment_summary:
-        columns = list(result.segment_summary[0])
-        print("  segments:")
-        print("    " + "  ".join(f"{c:>15}" for c in columns))
-        for row in result.segment_summary:
-            print("    " + "  ".join(f"{row[c]:>15}" for c in columns))
-    print(f"  finished in {m['seconds']:.1f}s")
+    print(f"  finished in {result.seconds:.1f}s")
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -111,8 +101,9 @@ def _run(args: argparse.Namespace) -> int:
     from seg_spark.session import get_spark
 
     settings = _settings(args)
+    preflight.check(settings)
     spark = get_spark(settings.spark)
-    _print_run(run_pipeline(spark, settings))
+    _print_run(run_pipeline(spark, settings, args.stage))
     return EXIT_OK
 
 
@@ -147,29 +138,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     for noisy in ("py4j", "mlflow", "alembic", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    from seg_spark.io import SourceError
-    from seg_spark.models.clustering import FitTimeoutError, ModelInputError
-    from seg_spark.models.prep import PreparationError
-    from seg_spark.privacy import PrivacyError
-    from seg_spark.quality import MappingError, QualityThresholdError, ReconciliationError
-
     try:
         return {"run": _run, "generate": _generate}[args.command](args)
-    except ConfigError as exc:
+    except SegSparkError as exc:
         print(f"seg-spark: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    except (
-        SourceError,
-        MappingError,
-        ReconciliationError,
-        QualityThresholdError,
-        PrivacyError,
-        ModelInputError,
-        PreparationError,
-        FitTimeoutError,
-    ) as exc:
-        print(f"seg-spark: {exc}", file=sys.stderr)
-        return EXIT_DATA
+        return exc.exit_code
+
+
+def run_stage_main(stage: str | None, argv: Sequence[str] | None = None) -> int:
+    """``seg-spark run [--stage STAGE] ARGV``: what ``jobs/<stage>.py`` and the wheel's stage entry points run."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    return main(["run", *(["--stage", stage] if stage else []), *args])
+
+
+def ingest() -> int:
+    """Console entry point ``seg-spark-ingest`` (e.g. a Databricks ``python_wheel_task``)."""
+    return run_stage_main("ingest")
+
+
+def features() -> int:
+    """Console entry point ``seg-spark-features``."""
+    return run_stage_main("features")
+
+
+def segment() -> int:
+    """Console entry point ``seg-spark-segment``."""
+    return run_stage_main("segment")
 
 
 if __name__ == "__main__":

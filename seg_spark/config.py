@@ -10,6 +10,7 @@ bad value and what is allowed.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import date, datetime
 from pathlib import Path
@@ -18,11 +19,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from seg_spark.features.catalogue import DYNAMIC_PATTERNS, feature_names, is_known_feature
-
-
-class ConfigError(ValueError):
-    """Raised for any unreadable, unknown or invalid configuration value."""
+from seg_spark.catalogue import DYNAMIC_PATTERNS, feature_names, is_known_feature
+from seg_spark.errors import ConfigError
 
 
 def _spark_str(value: Any) -> str:
@@ -99,6 +97,7 @@ class TableNames(_Strict):
     customer_segments: str = "customer_segments"
     model_selection: str = "model_selection"
     segment_hierarchy: str = "segment_hierarchy"
+    pipeline_runs: str = "pipeline_runs"
 
 
 class TrackingSettings(_Strict):
@@ -505,6 +504,12 @@ class ModelSettings(_Strict):
         default=RFM_FEATURES,
         description="Feature columns (see docs/FEATURES.md); globs like cat_*_share select dynamic ones.",
     )
+    min_customers_per_segment: int = Field(
+        default=5,
+        ge=1,
+        description="A segmentation with fewer customers than this per segment (customers < k x this) is refused: "
+        "nothing is registered or published.",
+    )
     validation_label: str | None = Field(
         default=None,
         description="A customer_features column holding known labels (e.g. a profile_* column) to score the "
@@ -518,7 +523,12 @@ class ModelSettings(_Strict):
 class RunSettings(_Strict):
     """Identity of one run."""
 
-    run_id: str | None = Field(default=None, description="null: a new uuid per run.")
+    run_id: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$",
+        description="null: a new uuid per run. Letters, digits, '_', '.' and '-' only (it is written into "
+        "table predicates and paths), at most 128 characters.",
+    )
 
 
 class Settings(_Strict):
@@ -584,6 +594,38 @@ def deep_merge(base: Mapping[str, Any], overlay: Mapping[str, Any]) -> dict[str,
     return merged
 
 
+_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}|\$([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def expand_environment(text: str, origin: str) -> str:
+    """Replace ``${VAR}``, ``${VAR:-default}`` and ``$VAR`` with environment values.
+
+    Raises:
+        ConfigError: A referenced variable is unset (and has no default), naming each one,
+            its line and what to do; a literal ``${...}`` never goes on as a path.
+    """
+    missing: dict[str, int] = {}
+
+    def substitute(match: re.Match[str]) -> str:
+        name = match.group(1) or match.group(3)
+        value = os.environ.get(name)
+        if value is not None:
+            return value
+        if match.group(2) is not None:
+            return match.group(2)
+        missing.setdefault(name, text.count("\n", 0, match.start()) + 1)
+        return match.group(0)
+
+    expanded = _ENV_REFERENCE.sub(substitute, text)
+    if missing:
+        where = ", ".join(f"{name} (line {line})" for name, line in missing.items())
+        raise ConfigError(
+            f"config file {origin} uses environment variable(s) that are not set: {where}. "
+            "Export them before the run, or write ${NAME:-default} in the file to give a default."
+        )
+    return expanded
+
+
 def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """Read one YAML file, first merging the files it ``extends`` (relative to it)."""
     if not path.is_file():
@@ -592,7 +634,7 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
         chain = " -> ".join(str(p) for p in (*seen, path.resolve()))
         raise ConfigError(f"config files extend each other in a loop: {chain}")
     try:
-        data = yaml.safe_load(os.path.expandvars(path.read_text(encoding="utf-8")))
+        data = yaml.safe_load(expand_environment(path.read_text(encoding="utf-8"), str(path)))
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
     if data is None:

@@ -1,9 +1,8 @@
-"""Reading sources and writing Delta tables."""
+"""Reading the configured sources (seg-spark's own tables are read and written through ``seg_spark.tables``)."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 
 from py4j.protocol import Py4JJavaError
 from pyspark.errors import AnalysisException, PySparkException
@@ -11,6 +10,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T
 
 from seg_spark.config import SourceBase
+from seg_spark.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 CORRUPT_RECORD = "_corrupt_record"
 
 
-class SourceError(ValueError):
+class SourceError(DataError):
     """A configured source cannot be read as configured; the message says what to change."""
 
 
@@ -39,9 +39,9 @@ def _drop_class(line: str) -> str:
     return rest if sep and "." in head and " " not in head else line.lstrip(": ")
 
 
-def _csv_string_schema(spark: SparkSession, source: SourceBase, options: dict[str, str]) -> T.StructType:
-    """All columns of the CSV header as strings, plus the corrupt-record column."""
-    header = spark.read.options(**options).csv(source.path).columns
+def _csv_string_schema(spark: SparkSession, path: str, options: dict[str, str]) -> T.StructType:
+    """All columns of the CSV header at ``path`` as strings, plus the corrupt-record column."""
+    header = spark.read.options(**options).csv(path).columns
     return T.StructType(
         [T.StructField(c, T.StringType()) for c in header] + [T.StructField(CORRUPT_RECORD, T.StringType())]
     )
@@ -83,7 +83,7 @@ def read_source(spark: SparkSession, source: SourceBase, name: str) -> DataFrame
             reader = spark.read.options(**options)
             if source.on_malformed == "fail":
                 return reader.option("mode", "FAILFAST").csv(source.path)
-            schema = _csv_string_schema(spark, source, options)
+            schema = _csv_string_schema(spark, source.path, options)
             return (
                 reader.schema(schema)
                 .option("mode", "PERMISSIVE")
@@ -100,91 +100,3 @@ def read_source(spark: SparkSession, source: SourceBase, name: str) -> DataFrame
             f"cannot read {where} at {source.path!r} as {source.format}: {spark_error_summary(exc)}. "
             f"Check {where}.path and {where}.format in your YAML."
         ) from None
-
-
-def read_delta(spark: SparkSession, path: str) -> DataFrame:
-    """Read a Delta table by path."""
-    return spark.read.format("delta").load(path)
-
-
-def write_delta(
-    df: DataFrame,
-    path: str,
-    *,
-    partition_by: Sequence[str] = (),
-    replace_where: str | None = None,
-    commit_metadata: str | None = None,
-    table_properties: dict[str, str] | None = None,
-) -> None:
-    """Write ``df`` to a Delta table, replacing all of it or only the rows matching a predicate.
-
-    Replacing by predicate (``replace_where``) makes a rerun for the same slice (e.g. the
-    same as-of date or run id) idempotent while keeping every other slice, and keeps
-    time travel over earlier versions.
-
-    Args:
-        df: Rows to write.
-        path: The table's location.
-        partition_by: Partition columns (used when the table is created).
-        replace_where: SQL predicate selecting the rows this write replaces; None
-            replaces the whole table.
-        commit_metadata: Stored with the commit (``userMetadata`` in the table's history).
-        table_properties: Delta table properties (``delta.*``) set when the write creates the table.
-    """
-    writer = df.write.format("delta").mode("overwrite")
-    if partition_by:
-        writer = writer.partitionBy(*partition_by)
-    # A full replace may change the schema; a partial one may add columns (new side tables).
-    if replace_where:
-        writer = writer.option("replaceWhere", replace_where).option("mergeSchema", "true")
-    else:
-        # A full replace means the whole table, whatever the session's partitionOverwriteMode.
-        writer = writer.option("overwriteSchema", "true").option("partitionOverwriteMode", "static")
-    for name, value in (table_properties or {}).items():
-        writer = writer.option(name, value)
-    if commit_metadata is not None:
-        writer = writer.option("userMetadata", commit_metadata)
-    log.debug("writing Delta table %s (replaceWhere=%s)", path, replace_where)
-    writer.save(path)
-
-
-def append_delta(df: DataFrame, path: str, *, partition_by: Sequence[str] = ()) -> None:
-    """Append ``df`` to a Delta table (created, partitioned as given, when missing)."""
-    writer = df.write.format("delta").mode("append").option("mergeSchema", "true")
-    if partition_by:
-        writer = writer.partitionBy(*partition_by)
-    writer.save(path)
-
-
-def is_delta_table(spark: SparkSession, path: str) -> bool:
-    """Whether a Delta table exists at ``path``."""
-    from delta.tables import DeltaTable
-
-    return DeltaTable.isDeltaTable(spark, path)
-
-
-def delta_version(spark: SparkSession, path: str) -> int:
-    """The latest version of the Delta table at ``path``."""
-    from delta.tables import DeltaTable
-
-    return int(DeltaTable.forPath(spark, path).history(1).select("version").first()[0])
-
-
-def enable_change_feed(spark: SparkSession, path: str) -> None:
-    """Record row changes of the Delta table at ``path`` (for incremental readers); no-op when on."""
-    properties = spark.sql(f"SHOW TBLPROPERTIES delta.`{path}`").collect()
-    if any(r["key"] == "delta.enableChangeDataFeed" and r["value"] == "true" for r in properties):
-        return
-    spark.sql(f"ALTER TABLE delta.`{path}` SET TBLPROPERTIES (delta.enableChangeDataFeed = true)")
-
-
-def register_table(spark: SparkSession, database: str, name: str, path: str) -> str:
-    """Make a Delta table at ``path`` queryable as ``database.name`` in the session catalog.
-
-    Returns:
-        The qualified table name.
-    """
-    spark.sql(f"CREATE DATABASE IF NOT EXISTS `{database}`")
-    qualified = f"`{database}`.`{name}`"
-    spark.sql(f"CREATE TABLE IF NOT EXISTS {qualified} USING DELTA LOCATION '{path}'")
-    return f"{database}.{name}"

@@ -14,11 +14,12 @@ from pyspark.sql import Column
 from pyspark.sql import functions as F
 
 from seg_spark.config import PrivacySettings
+from seg_spark.errors import DataError
 
 _BLOCK = 64  # SHA-256 block size in bytes
 
 
-class PrivacyError(ValueError):
+class PrivacyError(DataError):
     """Pseudonymisation is asked for but cannot be done safely."""
 
 

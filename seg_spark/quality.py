@@ -15,7 +15,7 @@ import logging
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from py4j.protocol import Py4JJavaError
 from pyspark import StorageLevel
@@ -25,18 +25,22 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.sql.window import Window
 
+from seg_spark.clock import Clock
 from seg_spark.config import (
     EventSourceSettings,
     ProfileSourceSettings,
     QualitySettings,
-    SourceBase,
     SourceSettings,
     Thresholds,
 )
+from seg_spark.errors import DataError
 from seg_spark.io import CORRUPT_RECORD, SourceError, spark_error_summary
 from seg_spark.privacy import hmac_sha256
 
 log = logging.getLogger(__name__)
+
+# The sources with a column mapping (``columns``), which the shared ingestion core reads.
+MappedSource = SourceSettings | ProfileSourceSettings | EventSourceSettings
 
 CLEAN_SCHEMA = T.StructType(
     [
@@ -109,15 +113,15 @@ _COPIES, _SOURCE_FILE, _BAD_NUMBER = "_copies", "_source_file", "_bad_number"
 _INTERNAL = frozenset({_COPIES, _SOURCE_FILE, CORRUPT_RECORD})
 
 
-class MappingError(ValueError):
+class MappingError(DataError):
     """The column mapping does not fit the source; the message says what to change."""
 
 
-class ReconciliationError(RuntimeError):
+class ReconciliationError(DataError):
     """Rows were lost or invented between the source and the clean/quarantine tables."""
 
 
-class QualityThresholdError(RuntimeError):
+class QualityThresholdError(DataError):
     """The data breaks a configured quality threshold; the run stops before modelling."""
 
 
@@ -375,7 +379,7 @@ def collapse_duplicates(raw: DataFrame) -> DataFrame:
 # ---------------------------------------------------------------------------------------
 
 
-def _prepare(raw: DataFrame, source: SourceBase, where: str, pseudonym_key: bytes | None) -> DataFrame:
+def _prepare(raw: DataFrame, source: MappedSource, where: str, pseudonym_key: bytes | None) -> DataFrame:
     """Drop PII columns and pseudonymise the customer id, before anything else sees them."""
     missing = [c for c in source.drop_columns if c not in raw.columns]
     if missing:
@@ -416,7 +420,7 @@ def _count_input(raw: DataFrame, where: str, location: str) -> int:
 
 def _ingest(
     raw: DataFrame,
-    source: SourceBase,
+    source: MappedSource,
     name: str,
     canonical: Callable[[DataFrame], DataFrame],
     reason: Column,
@@ -517,7 +521,7 @@ def ingest(
     unmapped = [c for c, column in m.model_dump().items() if column is None]
     if unmapped:
         log.info("%s maps no %s: features that need them are skipped", where, ", ".join(unmapped))
-    clock = quality.clock or datetime.now(UTC)
+    clock = Clock(quality.clock).now()
     labelled, counts = _ingest(
         raw,
         source,
@@ -570,7 +574,10 @@ def transaction_profile(
         F.sum((clean & F.col("is_outlier")).cast("long")).alias("outliers_flagged"),
         F.sum((clean & F.col("is_return")).cast("long")).alias("returns_kept"),
     ]
-    row = labelled.agg(*aggs).first().asDict()
+    first = labelled.agg(*aggs).first()
+    if first is None:  # a global aggregation always has exactly one row
+        raise RuntimeError("the data-quality profile aggregation returned no row")
+    row = first.asDict()
     rows = max(int(row.pop("rows")), 1)
     profile: dict[tuple[str, str], float | str | None] = {}
     for key, value in row.items():
@@ -634,7 +641,7 @@ def ingest_events(
     """Clean web/app events; bad ones quarantined with a reason."""
     m = source.columns
     kinds = {c: "time" if c == "ts" else "text" for c in m.model_fields}
-    clock = quality.clock or datetime.now(UTC)
+    clock = Clock(quality.clock).now()
 
     def canonical(df: DataFrame) -> DataFrame:
         return df.select(
@@ -704,7 +711,7 @@ def check_thresholds(result: IngestResult, thresholds: Thresholds) -> None:
             f"quality.thresholds.min_clean_rows = {thresholds.min_clean_rows:,}"
         )
     customers = result.profile.get(("customers_clean", ""))
-    if customers is not None and customers < thresholds.min_clean_customers:
+    if isinstance(customers, (int, float)) and customers < thresholds.min_clean_customers:
         breaches.append(
             f"{int(customers):,} customers with clean rows, fewer than "
             f"quality.thresholds.min_clean_customers = {thresholds.min_clean_customers:,}"
@@ -744,7 +751,7 @@ def quality_metrics(result: IngestResult) -> dict[str, float]:
     """Counts and profile numbers as flat MLflow metric names."""
     counts = result.counts
     prefix = result.source
-    metrics = {
+    metrics: dict[str, float] = {
         f"{prefix}.input_rows": counts.input_rows,
         f"{prefix}.clean_rows": counts.clean_rows,
         f"{prefix}.quarantined_rows": counts.quarantined_rows,

@@ -16,11 +16,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
+from pathlib import Path
 
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from seg_spark.config import GeneratorSettings
+from seg_spark.clock import Clock
+from seg_spark.config import DemoSettings, GeneratorSettings, Settings, SourceSettings
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +183,7 @@ def generate(spark: SparkSession, settings: GeneratorSettings) -> GeneratedLog:
         The transaction lines and the per-customer planted archetype.
     """
     seed, days = settings.seed, settings.days
-    end = settings.end_date or datetime.now(UTC).date()
+    end = settings.end_date or Clock().today()
     end_epoch = _end_epoch(end)
     partitions = max(1, settings.customers // CUSTOMERS_PER_PARTITION)
 
@@ -397,3 +399,41 @@ def write_generated(
     writer.save(paths["transactions"])
     generated.truth.write.mode("overwrite").parquet(paths["truth"])
     return paths
+
+
+def is_demo(settings: Settings) -> bool:
+    """Whether the run uses the generated demo log (no transaction source configured)."""
+    source = settings.sources.transactions
+    return source.path is None and source.table is None
+
+
+def demo_paths(demo: DemoSettings) -> dict[str, str]:
+    """Where the demo log's ``transactions`` and ``truth`` (planted archetypes) are written."""
+    out = Path(demo.out).expanduser().resolve()
+    return {"transactions": str(out / "transactions"), "truth": str(out / "truth")}
+
+
+def ensure_demo_log(spark: SparkSession, demo: DemoSettings, today: date) -> SourceSettings:
+    """Generate the demo log (once per generator settings) and describe it as a source.
+
+    Args:
+        spark: The session.
+        demo: The ``demo`` section.
+        today: The run's current date: the log ends the day before, unless ``end_date`` is set.
+
+    Returns:
+        The source settings for the generated transactions.
+    """
+    out = Path(demo.out).expanduser().resolve()
+    generator = demo.generator
+    if generator.end_date is None:
+        generator = generator.model_copy(update={"end_date": today})
+    marker = out / "_generator.json"
+    wanted = generator.model_dump_json()
+    if marker.is_file() and marker.read_text() == wanted:
+        log.info("no transaction source configured: reusing the demo log in %s", out)
+    else:
+        log.info("no transaction source configured: generating a demo log in %s", out)
+        write_generated(spark, generator, str(out))
+        marker.write_text(wanted)
+    return SourceSettings(path=demo_paths(demo)["transactions"], format="parquet")

@@ -1,4 +1,9 @@
-"""MLflow: where runs go, what each run records."""
+"""MLflow: where runs go and what each run records, behind one ``Tracker``.
+
+A seg-spark run id has one MLflow run. The first stage of a run starts it (with the whole
+config as params); a stage started later as its own process resumes it (its id is in
+``pipeline_runs``), so every stage's metrics and artifacts land in the same MLflow run.
+"""
 
 from __future__ import annotations
 
@@ -47,7 +52,7 @@ def configure(settings: TrackingSettings) -> str:
     else:
         experiment_id = experiment.experiment_id
     mlflow.set_experiment(experiment_id=experiment_id)
-    return experiment_id
+    return str(experiment_id)
 
 
 def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -62,58 +67,101 @@ def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     return flat
 
 
-@contextmanager
-def tracked_run(settings: Settings, run_name: str, tags: Mapping[str, str]) -> Iterator[str | None]:
-    """An MLflow run with the whole config as params; yields its id (None when disabled)."""
-    if not settings.tracking.enabled:
-        yield None
-        return
-    configure(settings.tracking)
-    with mlflow.start_run(run_name=run_name, tags=dict(tags)) as run:
-        mlflow.log_params(flatten(settings.model_dump(mode="json")))
-        yield run.info.run_id
+def _finite(value: float) -> bool:
+    return value == value and abs(value) != float("inf")
 
 
-def log_metrics(metrics: Mapping[str, float]) -> None:
-    """Log metrics to the active run, if any."""
-    if mlflow.active_run() is not None:
-        mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
+class Tracker:
+    """Everything seg-spark records in MLflow; every method is a no-op outside an active run.
 
-
-def log_summary(data: Mapping[str, Any], artifact: str, tags: Mapping[str, str] | None = None) -> None:
-    """Attach a small JSON artifact (and tags) to the active run, if any."""
-    if mlflow.active_run() is not None:
-        mlflow.log_dict(dict(data), artifact)
-        if tags:
-            mlflow.set_tags(dict(tags))
-
-
-def log_spark_model(model: Any, registered_name: str | None) -> tuple[str, str | None]:
-    """Log a fitted Spark ML PipelineModel to the active run, registering it by name.
-
-    Returns:
-        The model URI and, when registered, the new registry version.
+    Args:
+        settings: The whole configuration (logged as params of a new run).
     """
-    import mlflow.spark
-    import pyspark
 
-    info = mlflow.spark.log_model(
-        model,
-        "model",
-        registered_model_name=registered_name,
-        # Explicit requirements: inference would load the model again in a subprocess.
-        pip_requirements=[f"pyspark=={pyspark.__version__}", f"mlflow=={mlflow.__version__}"],
-    )
-    version = info.registered_model_version
-    return info.model_uri, None if version is None else str(version)
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
 
+    @property
+    def enabled(self) -> bool:
+        """Whether runs are tracked at all."""
+        return self._settings.tracking.enabled
 
-@contextmanager
-def nested_run(run_name: str, params: Mapping[str, Any]) -> Iterator[None]:
-    """A child run of the active run (e.g. one model-selection candidate); nothing when none is active."""
-    if mlflow.active_run() is None:
-        yield
-        return
-    with mlflow.start_run(run_name=run_name, nested=True):
-        mlflow.log_params({k: str(v) for k, v in params.items()})
-        yield
+    def tracking_uri(self) -> str | None:
+        """The resolved tracking URI (None when tracking is off or MLflow's default is used)."""
+        return resolve_tracking_uri(self._settings.tracking.tracking_uri)[0] if self.enabled else None
+
+    @contextmanager
+    def run(self, run_name: str, tags: Mapping[str, str], resume: str | None = None) -> Iterator[str | None]:
+        """Start (or, given its id, resume) the MLflow run of a seg-spark run; yield its id.
+
+        The MLflow run ends FINISHED when the block ends and FAILED when it raises.
+        """
+        if not self.enabled:
+            yield None
+            return
+        configure(self._settings.tracking)
+        if resume:
+            with mlflow.start_run(run_id=resume) as run:
+                yield run.info.run_id
+            return
+        with mlflow.start_run(run_name=run_name, tags=dict(tags)) as run:
+            mlflow.log_params(flatten(self._settings.model_dump(mode="json")))
+            yield run.info.run_id
+
+    def mark_failed(self, mlflow_run_ids: list[str]) -> None:
+        """End MLflow runs left RUNNING by a process that died, as FAILED."""
+        if not self.enabled or not mlflow_run_ids:
+            return
+        configure(self._settings.tracking)
+        client = MlflowClient()
+        for run_id in mlflow_run_ids:
+            if client.get_run(run_id).info.status == "RUNNING":
+                client.set_terminated(run_id, status="FAILED")
+                log.warning("MLflow run %s was left running by a process that died: marked FAILED", run_id)
+
+    @staticmethod
+    def log_metrics(metrics: Mapping[str, float]) -> None:
+        """Log the finite metrics to the active run, if any."""
+        if mlflow.active_run() is not None:
+            values = {k: float(v) for k, v in metrics.items()}
+            mlflow.log_metrics({k: v for k, v in values.items() if _finite(v)})
+
+    @staticmethod
+    def log_summary(data: Mapping[str, Any], artifact: str, tags: Mapping[str, str] | None = None) -> None:
+        """Attach a small JSON artifact (and tags) to the active run, if any."""
+        if mlflow.active_run() is not None:
+            mlflow.log_dict(dict(data), artifact)
+            if tags:
+                mlflow.set_tags(dict(tags))
+
+    @contextmanager
+    def child(self, run_name: str, params: Mapping[str, Any]) -> Iterator[None]:
+        """A nested run of the active run (e.g. one model-selection candidate); nothing when none is active."""
+        if mlflow.active_run() is None:
+            yield
+            return
+        with mlflow.start_run(run_name=run_name, nested=True):
+            mlflow.log_params({k: str(v) for k, v in params.items()})
+            yield
+
+    def log_spark_model(self, model: Any, registered_name: str | None) -> tuple[str | None, str | None]:
+        """Log a fitted Spark ML PipelineModel to the active run, registering it by name.
+
+        Returns:
+            The model URI and, when registered, the new registry version (both None when
+            there is no active run or ``tracking.log_model`` is off).
+        """
+        if mlflow.active_run() is None or not self._settings.tracking.log_model:
+            return None, None
+        import pyspark
+        from mlflow import spark as mlflow_spark
+
+        info = mlflow_spark.log_model(
+            model,
+            "model",
+            registered_model_name=registered_name if self._settings.tracking.register_model else None,
+            # Explicit requirements: inference would load the model again in a subprocess.
+            pip_requirements=[f"pyspark=={pyspark.__version__}", f"mlflow=={mlflow.__version__}"],
+        )
+        version = info.registered_model_version
+        return info.model_uri, None if version is None else str(version)

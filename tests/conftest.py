@@ -1,14 +1,51 @@
-"""One SparkSession for the whole suite: local[2], 2 shuffle partitions, UTC, UI off, Delta."""
+"""Shared fixtures: one SparkSession for the whole suite (local[2], 2 shuffle partitions, UTC, UI off,
+Delta, temporary warehouse), MLflow kept off the developer's store, and one shared end-to-end run."""
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import date
+from pathlib import Path
 
+import mlflow
 import pytest
 from pyspark.sql import SparkSession
 
-from seg_spark.config import SparkSettings
+from seg_spark.config import Settings, SparkSettings, load_config
+from seg_spark.pipeline import PipelineResult, run_pipeline
 from seg_spark.session import get_spark
+
+E2E_END = date(2026, 1, 1)
+E2E_RUN = "e2e-run-1"
+# Reruns that test other things fit the model directly (no sweep, no bootstraps).
+FAST = ("model.selection.enabled=false", "model.stability.bootstraps=0")
+
+
+# Subprocess jobs (spark-submit) spend most of their time starting JVMs; they run in this thread
+# while the in-process tests run, and the tests that check them run last.
+BACKGROUND = pytest.StashKey[Future]()
+_background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="background-jobs")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "slow: end-to-end runs and subprocesses (skipped by make test-fast)")
+    config.addinivalue_line(
+        "markers",
+        "background(start): start(): run once at the start of the session beside the other tests; "
+        "the test runs last and reads the outcome from item.stash[BACKGROUND]",
+    )
+
+
+@pytest.hookimpl(trylast=True)  # after -m / -k deselection: start only what will run
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    waiting = [item for item in items if item.get_closest_marker("background")]
+    for item in waiting:
+        items.remove(item)
+        items.append(item)
+        start = item.get_closest_marker("background").args[0]
+        item.stash[BACKGROUND] = _background.submit(start)
 
 
 @pytest.fixture(scope="session")
@@ -28,3 +65,52 @@ def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SparkSession]:
     session = get_spark(settings)
     yield session
     session.stop()
+
+
+@pytest.fixture(autouse=True)
+def _mlflow_default_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Runs that do not configure a tracking URI land in a temporary store, never in ./mlruns."""
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path_factory.getbasetemp() / 'default-mlflow.db'}")
+    yield
+    if mlflow.active_run() is not None:
+        mlflow.end_run()
+
+
+def e2e_settings(root: Path, *overrides: str) -> Settings:
+    """The shared end-to-end configuration: a 1,500-customer demo ending on E2E_END, under ``root``."""
+    return load_config(
+        [],
+        [
+            f"storage.root={root}/warehouse",
+            f"tracking.tracking_uri={root}/mlruns",
+            f"demo.out={root}/demo",
+            "demo.generator.customers=1500",
+            f"demo.generator.end_date={E2E_END}",
+            "quality.clock=2026-01-01T00:00:00",
+            "storage.database=seg_e2e",
+            f"run.run_id={E2E_RUN}",
+            "model.stability.bootstraps=2",
+            *overrides,
+        ],
+    )
+
+
+@pytest.fixture(scope="session")
+def e2e_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("e2e")
+
+
+@pytest.fixture(scope="session")
+def e2e(spark: SparkSession, e2e_root: Path) -> PipelineResult:
+    """One end-to-end run of every stage (sweep k = 2..10, two stability bootstraps), shared by the
+    tests that need one. Tests must not change its warehouse: use ``e2e_copy`` for that."""
+    return run_pipeline(spark, e2e_settings(e2e_root))
+
+
+@pytest.fixture
+def e2e_copy(e2e: PipelineResult, e2e_root: Path, tmp_path: Path) -> Path:
+    """A private copy of the shared run's warehouse and demo log, for tests that write (with
+    ``e2e_settings(copy, "storage.database=", ...)``; MLflow starts empty there)."""
+    for name in ("warehouse", "demo"):
+        shutil.copytree(e2e_root / name, tmp_path / name, symlinks=True)
+    return tmp_path

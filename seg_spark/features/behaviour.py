@@ -15,8 +15,8 @@ from datetime import date
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
+from seg_spark.catalogue import DAYPARTS, DAYS_OF_WEEK, RFM_SEGMENT_RULES, slug
 from seg_spark.config import FeatureSettings
-from seg_spark.features.catalogue import DAYPARTS, DAYS_OF_WEEK, RFM_SEGMENT_RULES, slug
 from seg_spark.features.daily import INPUT_COLUMNS, daily_aggregates
 from seg_spark.features.rfm import before
 from seg_spark.features.state import state_from_daily
@@ -64,7 +64,7 @@ def mix_keys(state: DataFrame, settings: FeatureSettings) -> MixKeys:
     """Which categories and channels get share columns: configured, or the top ones by spend/orders."""
     if "mix" not in settings.families:
         return MixKeys()
-    categories = settings.mix.categories
+    categories: Sequence[str] | None = settings.mix.categories
     if categories is None:
         categories = top_keys(state, "_category_spend", settings.mix.top_categories)
     channels = top_keys(state, "_channel_orders", settings.mix.top_channels)
@@ -93,7 +93,7 @@ def features_from_state(state: DataFrame, as_of: date, settings: FeatureSettings
         ``customer_id`` and one double column per feature; purchase-based features are
         null for a customer whose only lines are returns.
     """
-    families = set(settings.families)
+    families: set[str] = set(settings.families)
     extra = {}
     if "cadence" in families:
         extra["_active_months"] = F.size("_months")

@@ -16,7 +16,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.sql.window import Window
 
-from seg_spark.features.catalogue import DAYPARTS
+from seg_spark.catalogue import DAYPARTS
 
 MONEY = T.DecimalType(18, 6)
 UNKNOWN = "unknown"

@@ -12,17 +12,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Any
 
-from pyspark.ml import Pipeline, PipelineModel
+from pyspark.ml import Estimator, Pipeline, PipelineModel, Transformer
 from pyspark.ml.clustering import KMeans
 from pyspark.ml.feature import IDF, CountVectorizer, Normalizer, RegexTokenizer, StopWordsRemover, Word2Vec
 from pyspark.ml.functions import vector_to_array
-from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.window import Window
 
-from seg_spark import io
 from seg_spark.config import ProductGroupSettings
+from seg_spark.tables import Table, TableStore
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ def product_catalogue(tx: DataFrame) -> DataFrame:
 def text_pipeline(settings: ProductGroupSettings) -> Pipeline:
     """Tokenise, drop stop words, vectorise (TF-IDF or Word2Vec) and L2-normalise the descriptions."""
     stop_words = [*StopWordsRemover.loadDefaultStopWords("english"), *(w.lower() for w in settings.extra_stop_words)]
-    stages = [
+    stages: list[Estimator[Any] | Transformer] = [
         RegexTokenizer(inputCol="description", outputCol="tokens", pattern="[^a-zA-Z]+", minTokenLength=3),
         StopWordsRemover(inputCol="tokens", outputCol="words", stopWords=stop_words),
     ]
@@ -76,7 +77,7 @@ def text_pipeline(settings: ProductGroupSettings) -> Pipeline:
 
 def _no_words() -> Column:
     """No vocabulary word in the description: an all-zero vector (cosine distance is undefined)."""
-    return F.aggregate(vector_to_array("text_unit"), F.lit(0.0), lambda acc, x: acc + F.abs(x)) == 0
+    return F.aggregate(vector_to_array(F.col("text_unit")), F.lit(0.0), lambda acc, x: acc + F.abs(x)) == 0
 
 
 def assign(model: PipelineModel, products: DataFrame) -> DataFrame:
@@ -144,23 +145,25 @@ def fit_groups(products: DataFrame, settings: ProductGroupSettings) -> tuple[Pip
     return model, group_table(assign(model, products), settings.examples)
 
 
-def refresh_groups(
-    spark: SparkSession, tx: DataFrame, settings: ProductGroupSettings, table_path: str, model_path: str
-) -> tuple[DataFrame, bool]:
+def refresh_groups(store: TableStore, tx: DataFrame, settings: ProductGroupSettings) -> tuple[DataFrame, bool]:
     """Keep ``product_groups`` complete: fit it once (or on ``refit``), later only add new products.
+
+    The fitted text model is saved beside the tables, so later runs assign new products
+    to the same groups.
 
     Returns:
         The product -> group table as stored, and whether the groups were (re)fitted now
         (then every day's categories change and the daily aggregates need a full refresh).
     """
     products = product_catalogue(tx)
-    if settings.refit or not io.is_delta_table(spark, table_path):
+    model_path = store.model_path("product_groups")
+    if settings.refit or not store.exists(Table.PRODUCT_GROUPS):
         log.info("product groups: fitting %s groups on product descriptions (%s)", settings.groups, settings.method)
         model, table = fit_groups(products, settings)
         model.write().overwrite().save(model_path)
-        io.write_delta(table, table_path)
-        return io.read_delta(spark, table_path), True
-    known = io.read_delta(spark, table_path)
+        store.overwrite(Table.PRODUCT_GROUPS, table)
+        return store.read(Table.PRODUCT_GROUPS), True
+    known = store.read(Table.PRODUCT_GROUPS)
     new = products.join(known.select("product_id"), "product_id", "left_anti")
     if new.limit(1).count():
         model = PipelineModel.load(model_path)
@@ -172,9 +175,9 @@ def refresh_groups(
             .withColumn("example_rank", F.lit(None).cast("int"))
             .select(*GROUP_COLUMNS)
         )
-        io.append_delta(added, table_path)
+        store.append(Table.PRODUCT_GROUPS, added)
         log.info("product groups: assigned new products to the existing groups")
-    return io.read_delta(spark, table_path), False
+    return store.read(Table.PRODUCT_GROUPS), False
 
 
 def with_groups_as_categories(groups: DataFrame) -> Callable[[DataFrame], DataFrame]:

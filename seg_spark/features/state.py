@@ -26,8 +26,8 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.sql.window import Window
 
+from seg_spark.catalogue import DAYPARTS, DAYS_OF_WEEK
 from seg_spark.config import FeatureSettings
-from seg_spark.features.catalogue import DAYPARTS, DAYS_OF_WEEK
 
 SUM = T.DecimalType(28, 6)  # Spark's type for a sum of MONEY = DECIMAL(18, 6)
 EXACT = T.DecimalType(38, 0)  # squared gaps in seconds^2
@@ -155,7 +155,9 @@ def _signed(column: str, plus: tuple[date, date], minus: tuple[date, date] | Non
 
 def _window_values(windows: Sequence[int], since: date | None, as_of: date) -> dict[str, tuple[Column, T.DataType]]:
     """Per-day values of the recent/prior window sums: from scratch (``since`` None) or as a change."""
-    values = {}
+    values: dict[str, tuple[Column, T.DataType]] = {}
+    recent: tuple[tuple[date, date], tuple[date, date] | None]  # (plus, minus) of _signed
+    prior: tuple[tuple[date, date], tuple[date, date] | None]
     for w in windows:
         gap, gap2 = timedelta(days=w), timedelta(days=2 * w)
         if since is None:  # recent [S - w, S), prior [S - 2w, S - w)

@@ -14,22 +14,22 @@ sets), features derived this way equal a full recompute bit for bit.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 
 from pyspark.errors import AnalysisException
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from seg_spark import io
 from seg_spark.config import FeatureSettings
 from seg_spark.features.daily import INPUT_COLUMNS, daily_aggregates
 from seg_spark.features.state import advance_state, state_from_daily
+from seg_spark.io import spark_error_summary
+from seg_spark.tables import Table, TableStore, where_in
 
 log = logging.getLogger(__name__)
 
@@ -65,122 +65,107 @@ def with_tx_date(clean: DataFrame) -> DataFrame:
     return clean.withColumn(TX_DATE, F.to_date("ts"))
 
 
-def _last_refresh(spark: SparkSession, log_path: str, daily_path: str) -> int | None:
-    if not (io.is_delta_table(spark, log_path) and io.is_delta_table(spark, daily_path)):
+def _last_refresh(store: TableStore) -> int | None:
+    if not (store.exists(Table.FEATURE_REFRESH_LOG) and store.exists(Table.CUSTOMER_DAILY)):
         return None
-    row = io.read_delta(spark, log_path).agg(F.max("source_version")).first()
-    return None if row[0] is None else int(row[0])
+    row = store.read(Table.FEATURE_REFRESH_LOG).agg(F.max("source_version")).first()
+    return None if row is None or row[0] is None else int(row[0])
 
 
-def _replaced_between(spark: SparkSession, path: str, first: int, last: int) -> bool:
-    """Whether a commit in [first, last] overwrote the table (a snapshot source)."""
-    from delta.tables import DeltaTable
-
-    history = DeltaTable.forPath(spark, path).history().filter(F.col("version").between(first, last))
-    overwrites = history.filter(
-        (F.col("operation") == "WRITE") & (F.col("operationParameters")["mode"] == "Overwrite")
-        | (F.col("operation").isin("CREATE OR REPLACE TABLE AS SELECT", "REPLACE TABLE AS SELECT"))
-    )
-    return overwrites.limit(1).count() > 0
-
-
-def changed_days(spark: SparkSession, clean_path: str, first: int, last: int) -> list[date]:
-    """Days with rows inserted, updated or deleted in versions ``first``..``last`` (change data feed)."""
-    changes = (
-        spark.read.format("delta")
-        .option("readChangeFeed", "true")
-        .option("startingVersion", first)
-        .option("endingVersion", last)
-        .load(clean_path)
-    )
+def changed_days(store: TableStore, first: int, last: int) -> list[date]:
+    """Days of ``transactions_clean`` with rows inserted, updated or deleted in versions ``first``..``last``."""
+    changes = store.changes(Table.TRANSACTIONS_CLEAN, first, last)
     days = changes.select(F.to_date("ts").alias("day")).distinct().collect()
     return sorted(r["day"] for r in days if r["day"] is not None)
 
 
-def _plan(
-    spark: SparkSession, clean_path: str, daily_path: str, log_path: str, refresh: str
-) -> tuple[str, str, int, int | None]:
-    """Decide full, incremental or unchanged: (mode, reason, source version, last refreshed version)."""
-    version = io.delta_version(spark, clean_path)
-    last = _last_refresh(spark, log_path, daily_path)
+@dataclass(frozen=True)
+class _Plan:
+    mode: str  # full | incremental | unchanged
+    reason: str
+    version: int  # of transactions_clean now
+    last: int | None  # the version last aggregated
+
+
+def _plan(store: TableStore, refresh: str) -> _Plan:
+    """Decide full, incremental or unchanged."""
+    version = store.version(Table.TRANSACTIONS_CLEAN)
+    last = _last_refresh(store)
+    clean = store.name(Table.TRANSACTIONS_CLEAN)
     if refresh == "full":
-        return "full", "features.refresh is full", version, last
+        return _Plan("full", "features.refresh is full", version, last)
     if last is None:
-        return "full", "first refresh: no daily aggregates yet", version, last
+        return _Plan("full", "first refresh: no daily aggregates yet", version, last)
     if last == version:
-        return "unchanged", f"transactions_clean is still at version {version}", version, last
+        return _Plan("unchanged", f"{clean} is still at version {version}", version, last)
     if last > version:
-        return "full", f"transactions_clean was recreated (version {version} < refreshed {last})", version, last
-    if _replaced_between(spark, clean_path, last + 1, version):
-        return "full", "transactions_clean was replaced since the last refresh (snapshot source)", version, last
-    return "incremental", f"changes of transactions_clean versions {last + 1}..{version}", version, last
+        return _Plan("full", f"{clean} was recreated (version {version} < refreshed {last})", version, last)
+    if store.replaced_between(Table.TRANSACTIONS_CLEAN, last + 1, version):
+        return _Plan("full", f"{clean} was replaced since the last refresh (snapshot source)", version, last)
+    return _Plan("incremental", f"changes of {clean} versions {last + 1}..{version}", version, last)
 
 
 def refresh_daily(
-    spark: SparkSession,
-    clean_path: str,
-    daily_path: str,
-    log_path: str,
+    store: TableStore,
     *,
     refresh: str,
     run_id: str,
+    now: datetime,
     prepare: Callable[[DataFrame], DataFrame] = lambda lines: lines,
 ) -> RefreshResult:
-    """Bring ``customer_daily`` up to date with ``transactions_clean``.
+    """Bring ``customer_daily`` up to date with ``transactions_clean`` (recorded in ``feature_refresh_log``).
 
     Args:
-        spark: The session.
-        clean_path: ``transactions_clean`` (partitioned by ``tx_date``).
-        daily_path: ``customer_daily``, partitioned by ``day``.
-        log_path: ``feature_refresh_log``, one row per refresh.
+        store: The table store.
         refresh: ``incremental`` (only changed days when possible) or ``full``.
         run_id: Recorded in the refresh log.
+        now: The run's clock, recorded in the refresh log.
         prepare: Applied to the lines before aggregating (e.g. adds product groups as categories).
 
     Returns:
         What was done, why, and which days were re-aggregated (all of them for a full refresh).
     """
     started = time.monotonic()
-    mode, reason, version, last = _plan(spark, clean_path, daily_path, log_path, refresh)
+    plan = _plan(store, refresh)
+    mode, reason = plan.mode, plan.reason
     days: list[date] = []
-    if mode == "incremental":
+    if mode == "incremental" and plan.last is not None:
         try:
-            days = changed_days(spark, clean_path, last + 1, version)
+            days = changed_days(store, plan.last + 1, plan.version)
         except AnalysisException as exc:  # e.g. change feed not on for those versions, or vacuumed
-            mode, reason = "full", f"change feed unreadable ({io.spark_error_summary(exc)})"
+            mode, reason = "full", f"change feed unreadable ({spark_error_summary(exc)})"
         else:
             if not days:
-                mode, reason = "unchanged", f"versions {last + 1}..{version} changed no rows"
+                mode, reason = "unchanged", f"versions {plan.last + 1}..{plan.version} changed no rows"
     log.info("feature store refresh: %s (%s)", mode, reason)
-    clean = io.read_delta(spark, clean_path)
+    clean = store.read(Table.TRANSACTIONS_CLEAN)
+    first_day: date | None = None
+    last_day: date | None = None
+    n_days = 0
     if mode == "full":
         fresh = daily_aggregates(prepare(clean.select(*INPUT_COLUMNS)))
-        io.write_delta(fresh, daily_path, partition_by=["day"])
+        store.overwrite(Table.CUSTOMER_DAILY, fresh, partition_by=["day"])
         bounds = clean.agg(F.min(TX_DATE), F.max(TX_DATE), F.countDistinct(TX_DATE)).first()
-        first_day, last_day, n_days = bounds[0], bounds[1], int(bounds[2])
+        if bounds is not None:
+            first_day, last_day, n_days = bounds[0], bounds[1], int(bounds[2])
     elif mode == "incremental":
         lines = clean.filter(F.col(TX_DATE).isin(days)).select(*INPUT_COLUMNS)  # partition pruning
-        _replace_days(daily_aggregates(prepare(lines)), daily_path, days)
+        _replace_days(store, daily_aggregates(prepare(lines)), days)
         first_day, last_day, n_days = days[0], days[-1], len(days)
-    else:
-        first_day = last_day = None
-        n_days = 0
     seconds = time.monotonic() - started
-    now = datetime.now(UTC).replace(tzinfo=None)
-    entry = (run_id, now, mode, reason, version, n_days, first_day, last_day, seconds)
-    io.append_delta(spark.createDataFrame([entry], LOG_SCHEMA), log_path)
+    entry = (run_id, now, mode, reason, plan.version, n_days, first_day, last_day, seconds)
+    store.append(Table.FEATURE_REFRESH_LOG, store.spark.createDataFrame([entry], LOG_SCHEMA))
     log.info("feature store: %s refresh of %s day(s) in %.1fs", mode, n_days, seconds)
-    return RefreshResult(mode=mode, reason=reason, source_version=version, days=tuple(days), seconds=seconds)
+    return RefreshResult(mode=mode, reason=reason, source_version=plan.version, days=tuple(days), seconds=seconds)
 
 
-def _replace_days(fresh: DataFrame, daily_path: str, days: list[date]) -> None:
+def _replace_days(store: TableStore, fresh: DataFrame, days: list[date]) -> None:
     """Replace the re-aggregated days' partitions: rows of those days not re-created disappear.
 
     A partition-predicate ``replaceWhere`` drops those days' files from the metadata alone,
     where a MERGE that deletes unmatched target rows would scan the whole table.
     """
-    in_days = "day IN (" + ", ".join(f"DATE'{d.isoformat()}'" for d in days) + ")"
-    io.write_delta(fresh, daily_path, replace_where=in_days)
+    store.replace(Table.CUSTOMER_DAILY, fresh, where_in("day", days))
 
 
 @dataclass(frozen=True)
@@ -199,22 +184,7 @@ def _state_settings(settings: FeatureSettings) -> dict[str, list]:
     return {"families": sorted(settings.families), "windows_days": list(settings.windows_days)}
 
 
-def _state_metadata(spark: SparkSession, state_path: str) -> dict | None:
-    """The as-of date, settings and refresh-log version recorded with the state's last commit."""
-    from delta.tables import DeltaTable
-
-    if not io.is_delta_table(spark, state_path):
-        return None
-    row = DeltaTable.forPath(spark, state_path).history(1).select("userMetadata").first()
-    try:
-        return json.loads(row[0]) if row and row[0] else None
-    except ValueError:
-        return None
-
-
-def _why_rebuild(
-    spark: SparkSession, metadata: dict | None, log_path: str, as_of: date, settings: FeatureSettings
-) -> str | None:
+def _why_rebuild(store: TableStore, metadata: dict | None, as_of: date, settings: FeatureSettings) -> str | None:
     """Why the stored state cannot be advanced to ``as_of`` (None: it can)."""
     if metadata is None:
         return "no running state yet"
@@ -224,66 +194,62 @@ def _why_rebuild(
     if as_of < since:
         return f"as-of date {as_of} is before the state's {since}"
     try:
-        seen = spark.read.format("delta").option("versionAsOf", metadata["log_version"]).load(log_path)
-        later = io.read_delta(spark, log_path).exceptAll(seen)
+        seen = store.read(Table.FEATURE_REFRESH_LOG, version=metadata["log_version"])
+        later = store.read(Table.FEATURE_REFRESH_LOG).exceptAll(seen)
         stale = later.filter((F.col("mode") == "full") | (F.col("first_day") < F.lit(since))).limit(1).collect()
     except AnalysisException as exc:  # the log was recreated or vacuumed
-        return f"refresh log unreadable at version {metadata['log_version']} ({io.spark_error_summary(exc)})"
+        return f"refresh log unreadable at version {metadata['log_version']} ({spark_error_summary(exc)})"
     if stale:
         return f"daily aggregates before {since} changed since the state was built ({stale[0].mode} refresh)"
     return None
 
 
-def refresh_state(
-    spark: SparkSession,
-    daily_path: str,
-    state_path: str,
-    log_path: str,
-    as_of: date,
-    settings: FeatureSettings,
-) -> tuple[DataFrame, StateResult]:
-    """Bring the per-customer running state to ``as_of``: advance it when possible, else rebuild it.
+def refresh_state(store: TableStore, as_of: date, settings: FeatureSettings) -> tuple[DataFrame, StateResult]:
+    """Bring the per-customer running state ``customer_state`` to ``as_of``: advance it, or rebuild it.
 
     The state is advanced (reading only the days entering and leaving the windows) when it
     was built with the same families and windows, for an as-of date not after ``as_of``,
-    and no refresh since then touched a day before that date (a full refresh or late rows);
-    otherwise it is rebuilt from every daily row. Its as-of date, settings and the refresh
-    log's version are stored with the commit.
+    and no refresh since then touched a day before that date (a full refresh or late rows,
+    told by ``feature_refresh_log``); otherwise it is rebuilt from every row of
+    ``customer_daily`` (already refreshed). Its as-of date, settings and the refresh log's
+    version are stored with the commit.
 
     Args:
-        spark: The session.
-        daily_path: ``customer_daily``, already refreshed.
-        state_path: ``customer_state``, one row per customer.
-        log_path: ``feature_refresh_log`` (tells which days changed since the state was built).
+        store: The table store.
         as_of: The as-of date wanted.
         settings: The ``features`` section.
 
     Returns:
-        The state as of ``as_of`` (read from ``state_path``) and what was done.
+        The state as of ``as_of`` (read from the table) and what was done.
     """
     started = time.monotonic()
-    metadata = _state_metadata(spark, state_path)
-    reason = _why_rebuild(spark, metadata, log_path, as_of, settings)
-    daily = io.read_delta(spark, daily_path)
+    metadata = store.commit_metadata(Table.CUSTOMER_STATE)
+    reason = _why_rebuild(store, metadata, as_of, settings)
+    daily = store.read(Table.CUSTOMER_DAILY)
     since = None
-    if reason is not None:
+    state: DataFrame | None
+    if reason is not None or metadata is None:
         mode, state = "built", state_from_daily(daily, as_of, settings)
+        reason = reason or "no running state yet"
     else:
         since = date.fromisoformat(metadata["as_of"])
         if since == as_of:
             mode, reason, state = "reused", f"the state is already as of {as_of}", None
         else:
             mode, reason = "advanced", f"days {since}..{as_of - timedelta(days=1)} added, window edges moved"
-            state = advance_state(io.read_delta(spark, state_path), daily, since, as_of, settings)
+            state = advance_state(store.read(Table.CUSTOMER_STATE), daily, since, as_of, settings)
     if state is not None:
-        commit = {"as_of": as_of.isoformat(), "settings": _state_settings(settings)}
-        commit["log_version"] = io.delta_version(spark, log_path)
+        commit = {
+            "as_of": as_of.isoformat(),
+            "settings": _state_settings(settings),
+            "log_version": store.version(Table.FEATURE_REFRESH_LOG),
+        }
         # Only customer_id is ever filtered on: skip min/max statistics of the other columns.
         properties = {"delta.dataSkippingNumIndexedCols": "1"}
-        io.write_delta(state, state_path, commit_metadata=json.dumps(commit), table_properties=properties)
+        store.overwrite(Table.CUSTOMER_STATE, state, commit_metadata=commit, table_properties=properties)
     seconds = time.monotonic() - started
     log.info("running state %s as of %s in %.1fs (%s)", mode, as_of, seconds, reason)
     # Read back rather than cached: caching rows with maps costs more than one read of the table.
-    return io.read_delta(spark, state_path), StateResult(
+    return store.read(Table.CUSTOMER_STATE), StateResult(
         mode=mode, reason=reason, since=since, as_of=as_of, seconds=seconds
     )

@@ -10,21 +10,30 @@ segment, the distance to its centre (or the membership probability) and the runn
 from __future__ import annotations
 
 import fnmatch
+import functools
 import logging
 import threading
 import uuid
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import numpy as np
 from pyspark import InheritableThread, StorageLevel
 from pyspark.ml import Model, Pipeline, PipelineModel
-from pyspark.ml.clustering import BisectingKMeans, BisectingKMeansModel, GaussianMixture, GaussianMixtureModel, KMeans
+from pyspark.ml.clustering import (
+    BisectingKMeans,
+    BisectingKMeansModel,
+    GaussianMixture,
+    GaussianMixtureModel,
+    KMeans,
+    KMeansModel,
+)
 from pyspark.ml.functions import array_to_vector, vector_to_array
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from seg_spark.config import ModelSettings, PrepSettings
+from seg_spark.errors import DataError
 from seg_spark.models.prep import FEATURES_COL, Preparation, plan_preparation
 
 log = logging.getLogger(__name__)
@@ -39,7 +48,7 @@ COLLAPSE_RATIO = 1e-8
 T = TypeVar("T")
 
 
-class ModelInputError(ValueError):
+class ModelInputError(DataError):
     """The modelling input cannot support the configured model."""
 
 
@@ -47,7 +56,7 @@ class DegenerateModelError(ModelInputError):
     """A fit ended in a degenerate model (e.g. a collapsed mixture component)."""
 
 
-class FitTimeoutError(TimeoutError):
+class FitTimeoutError(DataError, TimeoutError):
     """A fit ran past ``model.fit_timeout_seconds`` and was cancelled."""
 
 
@@ -83,7 +92,12 @@ def prepare(data: DataFrame, features: Sequence[str], settings: PrepSettings) ->
 def make_clusterer(algorithm: str, k: int, settings: ModelSettings, seed: int | None = None) -> Any:
     """An unfitted MLlib clustering estimator reading ``features`` and writing ``segment_id``."""
     seed = settings.seed if seed is None else seed
-    common = {"featuresCol": FEATURES_COL, "predictionCol": SEGMENT_COL, "k": k, "maxIter": settings.max_iter}
+    common: dict[str, Any] = {
+        "featuresCol": FEATURES_COL,
+        "predictionCol": SEGMENT_COL,
+        "k": k,
+        "maxIter": settings.max_iter,
+    }
     if algorithm == "kmeans":
         return KMeans(**common, tol=settings.tol, seed=seed, initMode="k-means||")
     if algorithm == "bisecting_kmeans":
@@ -95,7 +109,7 @@ def make_clusterer(algorithm: str, k: int, settings: ModelSettings, seed: int | 
 
 def distinct_points(vectors: DataFrame, at_most: int) -> int:
     """How many distinct feature vectors there are, counting no further than ``at_most``."""
-    return vectors.select(vector_to_array(FEATURES_COL).alias("x")).distinct().limit(at_most).count()
+    return vectors.select(vector_to_array(F.col(FEATURES_COL)).alias("x")).distinct().limit(at_most).count()
 
 
 def check_input(vectors: DataFrame, k: int, algorithm: str) -> int:
@@ -110,11 +124,13 @@ def check_input(vectors: DataFrame, k: int, algorithm: str) -> int:
     Returns:
         The k to fit (``k`` or lower).
     """
-    x = vector_to_array(FEATURES_COL)
+    x = vector_to_array(F.col(FEATURES_COL))
     row = vectors.select(
         F.count(F.lit(1)).alias("n"),
         F.sum(F.exists(x, lambda v: F.isnan(v) | (F.abs(v) == float("inf"))).cast("int")).alias("bad"),
     ).first()
+    if row is None:  # a global aggregation always has exactly one row
+        raise RuntimeError("the input check aggregation returned no row")
     if row["n"] == 0:
         raise ModelInputError("no customers to segment: none has a purchase before the as-of date")
     if row["bad"]:
@@ -177,7 +193,7 @@ def jittered(vectors: DataFrame, scale: float, seed: int) -> DataFrame:
         unit = (F.xxhash64(F.lit(seed), identity, i) % 1_000_003).cast("double") / 1_000_003  # in (-1, 1)
         return F.lit(half_width) * unit
 
-    x = vector_to_array(FEATURES_COL)
+    x = vector_to_array(F.col(FEATURES_COL))
     moved = F.transform(x, lambda v, i: v + noise(i))
     return vectors.withColumn(FEATURES_COL, array_to_vector(moved))
 
@@ -259,7 +275,7 @@ def _fit_mixture(spark: SparkSession, vectors: DataFrame, k: int, settings: Mode
                 spark,
                 settings.fit_timeout_seconds,
                 f"gaussian_mixture k={k} start {restart + 1}/{settings.gmm_restarts}",
-                lambda estimator=estimator: estimator.fit(training),
+                functools.partial(estimator.fit, training),
             )
             weights, _, covariances = gaussian_parameters(model)
             collapsed = collapsed_components(covariances)
@@ -286,17 +302,22 @@ def model_k(model: Model) -> int:
     """The number of segments a fitted model has (bisecting K-Means may find fewer than asked)."""
     if isinstance(model, GaussianMixtureModel):
         return len(model.weights)
-    return len(model.clusterCenters())
+    return len(_cluster_centers(model))
 
 
 def centers(model: Model) -> np.ndarray | None:
     """Cluster centres (k x d) of K-Means-like models; None for a mixture."""
     if isinstance(model, GaussianMixtureModel):
         return None
-    return np.array([c.toArray() if hasattr(c, "toArray") else np.asarray(c) for c in model.clusterCenters()])
+    return np.array([c.toArray() if hasattr(c, "toArray") else np.asarray(c) for c in _cluster_centers(model)])
 
 
-def _literal(values: Sequence[float]) -> Column:
+def _cluster_centers(model: Model) -> list[np.ndarray]:
+    """The centres of a fitted model other than a mixture (K-Means or bisecting K-Means)."""
+    return cast(KMeansModel | BisectingKMeansModel, model).clusterCenters()
+
+
+def _literal(values: Sequence[float] | np.ndarray) -> Column:
     return F.array(*[F.lit(float(v)) for v in values])
 
 
@@ -317,7 +338,7 @@ def assign(model: Model, vectors: DataFrame, keep: Sequence[str] = ("customer_id
     scored = model.transform(vectors)
     segment = F.col(SEGMENT_COL).cast("int")
     if isinstance(model, GaussianMixtureModel):
-        probabilities = vector_to_array(PROBABILITY_COL)
+        probabilities = vector_to_array(F.col(PROBABILITY_COL))
         ranked = F.array_sort(
             F.transform(probabilities, lambda p, i: F.struct((-p).alias("score"), i.alias("i"), p.alias("p")))
         )
@@ -332,9 +353,9 @@ def assign(model: Model, vectors: DataFrame, keep: Sequence[str] = ("customer_id
             runner_up["p"].alias("runner_up_probability"),
             probabilities.alias("membership"),
         )
-    x = vector_to_array(FEATURES_COL)
+    x = vector_to_array(F.col(FEATURES_COL))
     distances = []
-    for i, center in enumerate(centers(model)):
+    for i, center in enumerate(_cluster_centers(model)):
         difference = F.zip_with(x, _literal(center), lambda a, b: a - b)
         squared = F.aggregate(difference, F.lit(0.0), lambda acc, v: acc + v * v)
         distances.append(F.struct(F.sqrt(squared).alias("score"), F.lit(i).alias("i")))
@@ -360,6 +381,8 @@ def bisecting_hierarchy(model: BisectingKMeansModel) -> list[dict[str, Any]]:
     the JVM object. Leaves carry their ``segment_id``; internal nodes have null.
     """
     java = model._java_obj
+    if java is None:
+        raise ValueError("the bisecting K-Means model has no JVM object (it is not a fitted model)")
     # Scala mangles the private field's name (org$apache$...$$parentModel).
     field = next(f for f in java.getClass().getDeclaredFields() if f.getName().endswith("parentModel"))
     field.setAccessible(True)

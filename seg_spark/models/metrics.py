@@ -172,7 +172,10 @@ def gaussian_log_likelihood(
         terms.append(F.lit(constant) - 0.5 * quadratic)
     top = F.greatest(*terms) if len(terms) > 1 else terms[0]
     log_density = top + F.log(sum((F.exp(t - top) for t in terms), F.lit(0.0)))
-    total = data.select(F.sum(log_density)).first()[0]
+    row = data.select(F.sum(log_density)).first()
+    if row is None:  # a global aggregation always has exactly one row
+        raise RuntimeError("the log-likelihood aggregation returned no row")
+    total = row[0]
     return float("-inf") if total is None else float(total)
 
 

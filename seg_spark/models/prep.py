@@ -12,20 +12,24 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
+from pyspark.ml import Estimator, Transformer
 from pyspark.ml.feature import PCA, Imputer, RobustScaler, SQLTransformer, StandardScaler, VectorAssembler
-from pyspark.ml.param import Params as PipelineStage
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from seg_spark.config import PrepSettings
+from seg_spark.errors import DataError
 
 log = logging.getLogger(__name__)
 
 FEATURES_COL = "features"
+# A stage of a Spark ML Pipeline: what ``Pipeline(stages=...)`` accepts.
+PipelineStage = Estimator[Any] | Transformer
 
 
-class PreparationError(ValueError):
+class PreparationError(DataError):
     """No usable feature is left for clustering."""
 
 
@@ -125,6 +129,8 @@ def plan_preparation(data: DataFrame, features: Sequence[str], settings: PrepSet
         # Covariances, not corr(): Spark's corr divides by zero (an error under ANSI) for a constant column.
         *[F.covar_pop(a, b).alias(f"cov__{j}") for j, (a, b) in enumerate(pairs)],
     ).first()
+    if stats is None:  # a global aggregation always has exactly one row
+        raise RuntimeError("the feature statistics aggregation returned no row")
     spread_of = {f: stats[f"sd__{i}"] for i, f in enumerate(features)}
     correlation = {}
     for j, (a, b) in enumerate(pairs):

@@ -4,7 +4,7 @@
    cached in as many partitions as the cluster has cores.
 2. Select on a sample: a stratified-by-activity sample (bounded rows, cached) is clustered
    for every candidate (algorithm x k); each candidate gets silhouette, WSSSE, Calinski-
-   Harabasz, Davies-Bouldin and, for a mixture, log-likelihood and BIC, in a nested MLflow run.
+   Harabasz, Davies-Bouldin and, for a mixture, log-likelihood and BIC (the caller logs them).
    The rule picks the winner among candidates whose smallest segment is big enough.
 3. Stability: the winner is refitted on bootstrap resamples of the sample; each refit labels
    the sample again and is compared with the winner (adjusted Rand index, best Jaccard per segment).
@@ -18,7 +18,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date
-from typing import Any
+from typing import Any, cast
 
 from pyspark import StorageLevel
 from pyspark.ml import Model, PipelineModel
@@ -27,7 +27,6 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.window import Window
 
-from seg_spark import tracking
 from seg_spark.config import ModelSettings
 from seg_spark.models import clustering, metrics
 from seg_spark.models.prep import FEATURES_COL, Preparation
@@ -37,6 +36,7 @@ log = logging.getLogger(__name__)
 
 HIGHER_IS_BETTER = {"silhouette": True, "calinski_harabasz": True, "davies_bouldin": False, "bic": False}
 ACTIVITY = "frequency"
+FIXED_RULE = "fixed"  # the rule of a run without model selection
 
 
 @dataclass
@@ -108,7 +108,7 @@ def stratified_sample(vectors: DataFrame, rows: int, strata: int, seed: int) -> 
         return vectors
     share = rows / total
     edges = sorted(set(vectors.approxQuantile(ACTIVITY, [i / strata for i in range(1, strata)], 0.001)))
-    band = sum((F.col(ACTIVITY) > F.lit(edge)).cast("int") for edge in edges) if edges else F.lit(0)
+    band = sum(((F.col(ACTIVITY) > F.lit(edge)).cast("int") for edge in edges), F.lit(0))
     order = F.xxhash64(F.lit(seed), F.col("customer_id"))
     within = Window.partitionBy("_band").orderBy(order, "customer_id")
     return (
@@ -216,7 +216,8 @@ def stability(
         FEATURES_COL, F.col(clustering.SEGMENT_COL).cast("int").alias("reference")
     )
     labelled = labelled.persist(StorageLevel.MEMORY_AND_DISK)
-    aris, jaccards = [], {i: [] for i in range(k)}
+    aris: list[float] = []
+    jaccards: dict[int, list[float]] = {i: [] for i in range(k)}
     try:
         for b in range(runs):
             resample = sample.sample(withReplacement=True, fraction=1.0, seed=settings.seed + 1000 + b)
@@ -230,7 +231,8 @@ def stability(
             cells = contingency(refit.transform(labelled), "reference", clustering.SEGMENT_COL)
             aris.append(ari_from_cells(cells))
             for segment, value in best_jaccard(cells).items():
-                jaccards.setdefault(int(segment), []).append(value)
+                # The reference labels are segment ids cast to int in Spark.
+                jaccards.setdefault(int(cast(int, segment)), []).append(value)
     finally:
         labelled.unpersist()
     mean_jaccard = {s: (sum(v) / len(v) if v else 0.0) for s, v in jaccards.items()}
@@ -241,13 +243,6 @@ def stability(
         "jaccard": mean_jaccard,
         "unstable_segments": sorted(s for s, v in mean_jaccard.items() if v < settings.stability.min_jaccard),
     }
-
-
-def _log_candidate(candidate: Candidate, settings: ModelSettings, sample_rows: int) -> None:
-    params = {"algorithm": candidate.algorithm, "k": candidate.k, "seed": settings.seed, "sample_rows": sample_rows}
-    with tracking.nested_run(f"{candidate.algorithm} k={candidate.k}", params):
-        tracking.log_metrics({k: v for k, v in candidate.metrics.items() if _finite(v)})
-        tracking.log_summary({"status": candidate.status, "sizes": candidate.sizes}, "candidate.json")
 
 
 def _dimension(vectors: DataFrame) -> int:
@@ -290,18 +285,21 @@ def segment(spark: SparkSession, data: DataFrame, features: Sequence[str], setti
             sample = sample.persist(StorageLevel.MEMORY_AND_DISK)
         sample_rows = sample.count()
         candidates: list[Candidate] = []
+        rule: str
         if selection.enabled:
             algorithms = selection.algorithms or (settings.algorithm,)
             for algorithm in algorithms:
                 for k in range(selection.k_min, selection.k_max + 1):
                     log.info("model selection: %s k=%d on %d customers", algorithm, k, sample_rows)
-                    candidate = score_candidate(spark, sample, algorithm, k, settings, dimension)
-                    candidates.append(candidate)
-                    _log_candidate(candidate, settings, sample_rows)
+                    candidates.append(score_candidate(spark, sample, algorithm, k, settings, dimension))
             best, reason = choose(candidates, selection.rule, selection.min_segment_share)
             rule = selection.rule
         else:
-            best, reason, rule = Candidate(settings.algorithm, settings.k), "model.selection.enabled is false", "fixed"
+            best, reason, rule = (
+                Candidate(settings.algorithm, settings.k),
+                "model.selection.enabled is false",
+                FIXED_RULE,
+            )
         final = clustering.fit_clusterer(spark, vectors, best.algorithm, best.k, settings, lower_k=True)
         k = clustering.model_k(final)  # lower than asked when there are fewer distinct customers
         # The final model (fitted on everyone) is scored on the same sample as the candidates.
@@ -313,7 +311,9 @@ def segment(spark: SparkSession, data: DataFrame, features: Sequence[str], setti
             candidates.append(best)
         best.chosen = True
         log.info("chosen: %s k=%d (%s)", best.algorithm, k, reason)
-        stable = stability(spark, sample, final, best.algorithm, k, settings) if bootstraps else {"bootstraps": 0}
+        stable: dict[str, Any] = (
+            stability(spark, sample, final, best.algorithm, k, settings) if bootstraps else {"bootstraps": 0}
+        )
     except BaseException:
         vectors.unpersist()
         raise
@@ -350,6 +350,48 @@ def segment(spark: SparkSession, data: DataFrame, features: Sequence[str], setti
         vectors=vectors,
         seed=settings.seed,
     )
+
+
+class DegenerateSegmentationError(clustering.ModelInputError):
+    """The fitted segmentation is not usable and must not be registered or published.
+
+    Too few customers per segment, k lowered below the sweep, undefined quality metrics, or
+    every stability bootstrap failed.
+    """
+
+
+def refuse_degenerate(seg: Segmentation, settings: ModelSettings) -> None:
+    """Refuse a segmentation that must not be registered or published, naming each cause and its setting.
+
+    Raises:
+        DegenerateSegmentationError: At least one cause holds.
+    """
+    causes = []
+    customers, k = int(seg.metrics["customers_modelled"]), seg.k
+    k_min = settings.selection.k_min
+    if settings.selection.enabled and k < k_min:
+        causes.append(
+            f"k had to be lowered to {k} (the distinct customers), below model.selection.k_min = {k_min}: "
+            "lower k_min or segment more customers"
+        )
+    minimum = settings.min_customers_per_segment
+    if customers < minimum * k:
+        causes.append(
+            f"{customers} customers for {k} segments is fewer than model.min_customers_per_segment = {minimum} "
+            f"per segment: lower model.k / model.selection.k_max, or segment at least {minimum * k} customers"
+        )
+    undefined = [name for name in ("silhouette", "calinski_harabasz", "davies_bouldin") if name not in seg.metrics]
+    if undefined:
+        causes.append(f"the fit's quality metrics {', '.join(undefined)} are undefined (segments of one point?)")
+    if settings.stability.bootstraps and not seg.stability.get("bootstraps"):
+        causes.append(
+            f"none of the model.stability.bootstraps = {settings.stability.bootstraps} refits could be fitted"
+        )
+    if causes:
+        raise DegenerateSegmentationError(
+            f"the segmentation ({seg.algorithm}, k={k}) is degenerate; nothing was registered or published:\n  - "
+            + "\n  - ".join(causes)
+        )
 
 
 SELECTION_SCHEMA = (

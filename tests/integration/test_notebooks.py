@@ -3,9 +3,9 @@
 import json
 from pathlib import Path
 
-import mlflow
 import pytest
 
+pytestmark = pytest.mark.slow
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[2] / "notebooks").glob("*.ipynb"))
 
 
@@ -15,9 +15,6 @@ def test_notebook_runs(spark, notebook):
     code = "\n\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
     assert "import seg_spark" in code or "from seg_spark" in code
     namespace: dict = {}
-    try:
-        exec(compile(code, str(notebook), "exec"), namespace)
-    finally:
-        mlflow.set_tracking_uri(None)
+    exec(compile(code, str(notebook), "exec"), namespace)
     assert namespace["spark"] is spark
-    assert namespace["result"].metrics["truth_adjusted_rand_index"] > 0.6
+    assert namespace["result"].stages["segment"].metrics["truth_adjusted_rand_index"] > 0.6

@@ -1,75 +1,52 @@
+"""The shared end-to-end run (conftest ``e2e``) and reruns on private copies of its warehouse."""
+
 from datetime import date
 
-import mlflow
 import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
-from seg_spark.config import SelectionSettings, StabilitySettings, load_config
+from seg_spark.config import SelectionSettings, StabilitySettings
+from seg_spark.errors import DataError
 from seg_spark.models import clustering, selection
 from seg_spark.models.validation import label_agreement
 from seg_spark.pipeline import run_pipeline
+from seg_spark.tables import Table, TableStore
 from seg_spark.tracking import resolve_tracking_uri
 
-END = date(2026, 1, 1)
-# Reruns that test other things fit the model directly (no sweep, no bootstraps).
-FAST = ["model.selection.enabled=false", "model.stability.bootstraps=0"]
+from conftest import E2E_END, E2E_RUN, FAST, e2e_settings
+
+pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def settings(tmp_path_factory):
-    root = tmp_path_factory.mktemp("e2e")
-    return load_config(
-        [],
-        [
-            f"storage.root={root}/warehouse",
-            f"tracking.tracking_uri={root}/mlruns",
-            f"demo.out={root}/demo",
-            "demo.generator.customers=1500",
-            f"demo.generator.end_date={END}",
-            "quality.clock=2026-01-01T00:00:00",
-            "storage.database=seg_e2e",
-            "run.run_id=e2e-run-1",
-            "model.stability.bootstraps=2",
-        ],
-    )
-
-
-@pytest.fixture(scope="module")
-def first_run(spark, settings):
-    try:
-        yield run_pipeline(spark, settings)
-    finally:
-        mlflow.set_tracking_uri(None)
-
-
-def test_run_reconciles_and_writes_the_clean_and_quarantine_tables(spark, first_run):
-    counts = first_run.counts
+def test_run_reconciles_and_writes_the_clean_and_quarantine_tables(spark, e2e):
+    counts = e2e.stages["ingest"].counts
     assert counts.input_rows == counts.clean_rows + counts.quarantined_rows + counts.duplicates_removed
     assert counts.duplicates_removed > 0
     assert set(counts.by_reason) == {"missing_customer_id", "non_positive_price", "future_timestamp"}
-    clean = spark.read.format("delta").load(first_run.tables["transactions_clean"])
-    quarantine = spark.read.format("delta").load(first_run.tables["transactions_quarantine"])
+    clean = spark.read.format("delta").load(e2e.tables["transactions_clean"])
+    quarantine = spark.read.format("delta").load(e2e.tables["transactions_quarantine"])
     assert clean.count() == counts.clean_rows
     by_reason = {r["reason_code"]: r["count"] for r in quarantine.groupBy("reason_code").count().collect()}
     assert by_reason == counts.by_reason
-    dq = spark.read.format("delta").load(first_run.tables["data_quality"])
+    dq = spark.read.format("delta").load(e2e.tables["data_quality"])
     assert dq.filter("metric = 'input_rows'").first()["value"] == counts.input_rows
 
 
-def test_features_table_is_per_customer_as_of_the_day_after_the_last_sale(spark, first_run):
-    assert first_run.as_of_date == END
-    features = spark.read.format("delta").load(first_run.tables["customer_features"])
-    assert features.select("as_of_date", "run_id").distinct().collect() == [(END, "e2e-run-1")]
-    assert features.count() == features.select("customer_id").distinct().count()
+def test_features_table_is_per_customer_as_of_the_day_after_the_last_sale(spark, e2e):
+    assert e2e.stages["features"].as_of_date == E2E_END
+    features = spark.read.format("delta").load(e2e.tables["customer_features"])
+    assert features.select("as_of_date", "run_id").distinct().collect() == [(E2E_END, E2E_RUN)]
+    assert features.count() == features.select("customer_id").distinct().count() == e2e.stages["features"].rows_out
     stats = features.agg(F.min("recency_days"), F.min("frequency"), F.max("tenure_days")).first()
     assert stats[0] >= 1 and stats[1] >= 0 and stats[2] <= 365
 
 
-def test_segments_table_carries_lineage_and_recovers_planted_archetypes(spark, first_run, settings):
-    segments = spark.read.format("delta").load(first_run.tables["customer_segments"])
+def test_segments_table_carries_lineage_and_recovers_planted_archetypes(spark, e2e):
+    segment = e2e.stages["segment"]
+    segments = spark.read.format("delta").load(e2e.tables["customer_segments"])
     assert segments.columns == [
         "customer_id",
         "segment_id",
@@ -86,92 +63,120 @@ def test_segments_table_carries_lineage_and_recovers_planted_archetypes(spark, f
         "model_version",
     ]
     # The sweep (k = 2..10, best silhouette) finds the six planted archetypes (within one).
-    k = first_run.selection["k"]
-    assert abs(k - 6) <= 1 and segments.select("segment_id").distinct().count() == k
+    assert abs(segment.k - 6) <= 1 and segments.select("segment_id").distinct().count() == segment.k
     lineage = segments.select("algorithm", "as_of_date", "run_id", "model_name", "model_version").distinct().collect()
-    assert lineage == [("kmeans", END, "e2e-run-1", "seg-spark-segments", first_run.model_version)]
-    assert first_run.metrics["truth_adjusted_rand_index"] >= 0.7
-    assert first_run.metrics["truth_v_measure"] >= 0.7
+    assert lineage == [("kmeans", E2E_END, E2E_RUN, "seg-spark-segments", segment.model_version)]
+    assert segment.metrics["truth_adjusted_rand_index"] >= 0.7
+    assert segment.metrics["truth_v_measure"] >= 0.7
     stats = segments.agg(
         F.min("segment_distance"), F.sum((F.col("runner_up_distance") < F.col("segment_distance")).cast("int"))
     ).first()
     assert stats[0] >= 0 and stats[1] == 0
-    assert sum(row["customers"] for row in first_run.segment_summary) == segments.count()
+    assert sum(row["customers"] for row in segment.segment_summary) == segments.count()
     assert spark.sql("SELECT count(*) FROM seg_e2e.customer_segments").first()[0] == segments.count()
 
 
-def test_mlflow_run_has_config_metrics_and_a_loadable_model(spark, first_run, settings):
+def test_the_run_manifest_records_every_stage(spark, e2e):
+    rows = spark.sql(f"SELECT * FROM seg_e2e.pipeline_runs WHERE run_id = '{E2E_RUN}' ORDER BY started_at").collect()
+    assert [(r.stage, r.status, r.error) for r in rows] == [
+        ("ingest", "succeeded", None),
+        ("features", "succeeded", None),
+        ("segment", "succeeded", None),
+    ]
+    counts = e2e.stages["ingest"].counts
+    assert (rows[0].rows_in, rows[0].rows_out, rows[0].as_of_date) == (counts.input_rows, counts.clean_rows, None)
+    assert [r.as_of_date for r in rows[1:]] == [E2E_END, E2E_END]
+    assert rows[2].rows_in == rows[1].rows_out == 1500 and rows[2].rows_out == 1500
+    assert {r.mlflow_run_id for r in rows} == {e2e.mlflow_run_id}
+    assert all(r.started_at <= r.ended_at and r.seconds > 0 for r in rows)
+    assert rows[0].ended_at <= rows[1].started_at and rows[1].ended_at <= rows[2].started_at
+
+
+def test_mlflow_run_has_config_metrics_and_a_loadable_model(spark, e2e, e2e_root):
+    settings = e2e_settings(e2e_root)
+    segment = e2e.stages["segment"]
     uri, _ = resolve_tracking_uri(settings.tracking.tracking_uri)
     client = MlflowClient(tracking_uri=uri)
-    run = client.get_run(first_run.mlflow_run_id)
+    run = client.get_run(e2e.mlflow_run_id)
     assert run.data.params["model.k"] == "6"
     assert run.data.params["storage.root"] == settings.storage.root
-    assert run.data.metrics["transactions.input_rows"] == first_run.counts.input_rows
+    assert run.data.metrics["transactions.input_rows"] == e2e.stages["ingest"].counts.input_rows
     assert run.data.metrics["transactions.customers_clean"] == 1500
-    assert run.data.metrics["silhouette"] == pytest.approx(first_run.metrics["silhouette"])
-    assert run.data.metrics["stability_mean_ari"] == pytest.approx(first_run.metrics["stability_mean_ari"])
-    assert run.data.tags["as_of_date"] == END.isoformat()
+    assert run.data.metrics["silhouette"] == pytest.approx(segment.metrics["silhouette"])
+    assert run.data.metrics["stability_mean_ari"] == pytest.approx(segment.metrics["stability_mean_ari"])
+    assert run.data.tags["as_of_date"] == E2E_END.isoformat()
     # One nested run per model-selection candidate, and the same candidates in the Delta table.
     children = client.search_runs(
-        [run.info.experiment_id], f"tags.mlflow.parentRunId = '{first_run.mlflow_run_id}'", max_results=50
+        [run.info.experiment_id], f"tags.mlflow.parentRunId = '{e2e.mlflow_run_id}'", max_results=50
     )
     assert sorted(int(c.data.params["k"]) for c in children) == list(range(2, 11))
-    candidates = spark.read.format("delta").load(first_run.tables["model_selection"]).filter("run_id = 'e2e-run-1'")
+    candidates = spark.read.format("delta").load(e2e.tables["model_selection"]).filter(f"run_id = '{E2E_RUN}'")
     assert candidates.count() == 9
     chosen = candidates.filter("chosen").collect()
-    assert [(r.algorithm, r.k, r.rule) for r in chosen] == [("kmeans", first_run.selection["k"], "silhouette")]
+    assert [(r.algorithm, r.k, r.rule) for r in chosen] == [("kmeans", segment.k, "silhouette")]
     by_k = {c.data.params["k"]: c.data.metrics for c in children}
     for row in candidates.collect():
         assert by_k[str(row.k)]["silhouette"] == pytest.approx(row.silhouette)
         assert row.silhouette <= chosen[0].silhouette or row.smallest_segment_share < 0.02
-    version = client.get_model_version(settings.model.name, first_run.model_version)
-    assert version.run_id == first_run.mlflow_run_id
+    version = client.get_model_version(settings.model.name, segment.model_version)
+    assert version.run_id == e2e.mlflow_run_id
 
-    import mlflow.spark
+    import mlflow
+    from mlflow import spark as mlflow_spark
 
-    mlflow.set_tracking_uri(uri)
-    model = mlflow.spark.load_model(first_run.model_uri)
-    features = spark.read.format("delta").load(first_run.tables["customer_features"]).filter("frequency > 0")
+    mlflow.set_tracking_uri(uri)  # runs:/ URIs resolve against the current store
+    model = mlflow_spark.load_model(segment.model_uri, dfs_tmpdir=str(e2e_root / "model-tmp"))
+    features = spark.read.format("delta").load(e2e.tables["customer_features"]).filter("frequency > 0")
     rescored = model.transform(features).select("customer_id", F.col("segment_id").cast("int"))
-    published = spark.read.format("delta").load(first_run.tables["customer_segments"])
+    published = spark.read.format("delta").load(e2e.tables["customer_segments"])
     assertDataFrameEqual(rescored, published.select("customer_id", "segment_id"))
 
 
-def test_rerun_for_the_same_as_of_date_replaces_rather_than_duplicates(spark, first_run, settings):
-    rerun = settings.with_overrides(["run.run_id=e2e-run-2", *FAST])
-    try:
-        second = run_pipeline(spark, rerun)
-    finally:
-        mlflow.set_tracking_uri(None)
-    assert second.as_of_date == first_run.as_of_date
+def test_rerun_for_the_same_as_of_date_replaces_rather_than_duplicates(spark, e2e, e2e_copy):
+    rerun = e2e_settings(e2e_copy, "storage.database=", "run.run_id=e2e-run-2", *FAST)
+    second = run_pipeline(spark, rerun, ["features", "segment"])
+    features = second.stages["features"]
+    assert features.as_of_date == E2E_END
+    assert (features.refresh.mode, features.state.mode) == ("unchanged", "reused")
     for table in ("customer_features", "customer_segments"):
         df = spark.read.format("delta").load(second.tables[table])
         assert df.count() == df.select("customer_id").distinct().count(), table
         assert [r[0] for r in df.select("run_id").distinct().collect()] == ["e2e-run-2"], table
     segments = spark.read.format("delta").load(second.tables["customer_segments"])
-    assert segments.count() == int(first_run.metrics["customers_modelled"])
-    assert second.model_version == str(int(first_run.model_version) + 1)
+    assert segments.count() == int(e2e.stages["segment"].metrics["customers_modelled"])
     # The replaced rows stay reachable through Delta time travel.
     earlier = spark.read.format("delta").option("versionAsOf", 0).load(second.tables["customer_segments"])
-    assert [r[0] for r in earlier.select("run_id").distinct().collect()] == ["e2e-run-1"]
+    assert [r[0] for r in earlier.select("run_id").distinct().collect()] == [E2E_RUN]
 
 
-def test_a_later_as_of_date_adds_a_partition(spark, first_run, settings):
-    later = settings.with_overrides(["run.run_id=e2e-run-3", "features.as_of_date=2025-12-01", *FAST])
-    try:
-        run_pipeline(spark, later)
-    finally:
-        mlflow.set_tracking_uri(None)
-    features = spark.read.format("delta").load(first_run.tables["customer_features"])
+def test_a_later_as_of_date_adds_a_partition(spark, e2e_copy):
+    later = e2e_settings(e2e_copy, "storage.database=", "run.run_id=e2e-run-3", "features.as_of_date=2025-12-01", *FAST)
+    result = run_pipeline(spark, later, ["features", "segment"])
+    features = spark.read.format("delta").load(result.tables["customer_features"])
     dates = sorted(r[0] for r in features.select("as_of_date").distinct().collect())
-    assert dates == [date(2025, 12, 1), END]
+    assert dates == [date(2025, 12, 1), E2E_END]
     recent = features.filter(F.col("as_of_date") == date(2025, 12, 1)).agg(F.min("recency_days")).first()[0]
     assert recent >= 1
+    assert result.stages["segment"].as_of_date == date(2025, 12, 1)
 
 
-def test_profiles_and_events_flow_into_features(spark, first_run, settings, tmp_path):
-    demo = settings.demo.out
-    truth = spark.read.parquet(f"{demo}/truth")
+def test_a_run_failing_in_features_is_recorded_with_its_error(spark, e2e_copy):
+    settings = e2e_settings(e2e_copy, "storage.database=", "run.run_id=e2e-fails", "features.as_of_date=2024-06-01")
+    with pytest.raises(DataError, match="on or before the first clean transaction"):
+        run_pipeline(spark, settings)
+    rows = TableStore(spark, settings).read(Table.PIPELINE_RUNS).filter("run_id = 'e2e-fails'").collect()
+    by_stage = {r.stage: r for r in sorted(rows, key=lambda r: r.started_at)}
+    assert list(by_stage) == ["ingest", "features"]
+    assert by_stage["ingest"].status == "succeeded" and by_stage["ingest"].error is None
+    failed = by_stage["features"]
+    assert failed.status == "failed" and failed.ended_at >= failed.started_at
+    assert failed.error.startswith("DataError: as-of date 2024-06-01 is on or before the first clean transaction")
+    client = MlflowClient(tracking_uri=resolve_tracking_uri(settings.tracking.tracking_uri)[0])
+    assert client.get_run(failed.mlflow_run_id).info.status == "FAILED"
+
+
+def test_profiles_and_events_flow_into_features(spark, e2e_copy, tmp_path):
+    truth = spark.read.parquet(str(e2e_copy / "demo" / "truth"))
     truth.selectExpr("customer_id AS cust", "'UK' AS ctry", "'2020-01-0' || (archetype_id + 1) AS since").write.parquet(
         str(tmp_path / "profiles")
     )
@@ -186,24 +191,21 @@ def test_profiles_and_events_flow_into_features(spark, first_run, settings, tmp_
         "user string, at string, session string",
     )
     events.write.json(str(tmp_path / "events"))
-    with_sides = settings.with_overrides(
-        [
-            "run.run_id=e2e-run-4",
-            *FAST,
-            "features.as_of_date=2025-11-15",
-            f"sources.profiles.path={tmp_path / 'profiles'}",
-            "sources.profiles.timestamp_format=yyyy-MM-dd",
-            "sources.profiles.columns={customer_id: cust, country: ctry, signup_date: since}",
-            f"sources.events.path={tmp_path / 'events'}",
-            "sources.events.format=json",
-            "sources.events.columns={customer_id: user, ts: at, session_id: session, event_type: null}",
-        ]
+    with_sides = e2e_settings(
+        e2e_copy,
+        "storage.database=",
+        "run.run_id=e2e-run-4",
+        "features.as_of_date=2025-11-15",
+        f"sources.profiles.path={tmp_path / 'profiles'}",
+        "sources.profiles.timestamp_format=yyyy-MM-dd",
+        "sources.profiles.columns={customer_id: cust, country: ctry, signup_date: since}",
+        f"sources.events.path={tmp_path / 'events'}",
+        "sources.events.format=json",
+        "sources.events.columns={customer_id: user, ts: at, session_id: session, event_type: null}",
     )
-    try:
-        result = run_pipeline(spark, with_sides)
-    finally:
-        mlflow.set_tracking_uri(None)
+    result = run_pipeline(spark, with_sides, ["ingest", "features"])
     assert {"customer_profiles", "events_clean"} <= set(result.tables)
+    assert set(result.stages["ingest"].side_counts) == {"profiles", "events"}
     features = spark.read.format("delta").load(result.tables["customer_features"]).filter("as_of_date = '2025-11-15'")
     row = features.filter("customer_id = '10000000'").first()
     expected_signup = 1 + truth.filter("customer_id = '10000000'").first()["archetype_id"]
@@ -219,19 +221,19 @@ def test_profiles_and_events_flow_into_features(spark, first_run, settings, tmp_
 
 
 @pytest.fixture(scope="module")
-def modelled(spark, first_run, settings):
-    """The first run's model input and the planted archetype of each customer."""
-    features = spark.read.format("delta").load(first_run.tables["customer_features"]).filter(F.col("as_of_date") == END)
+def modelled(spark, e2e, e2e_root):
+    """The shared run's model input and the planted archetype of each customer."""
+    features = spark.read.format("delta").load(e2e.tables["customer_features"]).filter(F.col("as_of_date") == E2E_END)
     data = clustering.model_input(features).cache()
-    truth = spark.read.parquet(f"{settings.demo.out}/truth").select("customer_id", "archetype")
-    yield data, clustering.resolve_features(data.columns, settings.model), truth
+    truth = spark.read.parquet(str(e2e_root / "demo" / "truth")).select("customer_id", "archetype")
+    yield data, clustering.resolve_features(data.columns, e2e_settings(e2e_root).model), truth
     data.unpersist()
 
 
-def test_a_gaussian_mixture_sweep_finds_the_planted_archetypes(spark, settings, modelled):
+def test_a_gaussian_mixture_sweep_finds_the_planted_archetypes(spark, e2e_root, modelled):
     """Six archetypes planted; a mixture sweep over k = 4..8 (silhouette rule, three starts per k)."""
     data, features, truth = modelled
-    model = settings.model.model_copy(
+    model = e2e_settings(e2e_root).model.model_copy(
         update={
             "algorithm": "gaussian_mixture",
             "selection": SelectionSettings(k_min=4, k_max=8),
@@ -256,9 +258,9 @@ def test_a_gaussian_mixture_sweep_finds_the_planted_archetypes(spark, settings, 
         seg.release()
 
 
-def test_bisecting_kmeans_keeps_a_consistent_split_hierarchy(spark, settings, modelled):
+def test_bisecting_kmeans_keeps_a_consistent_split_hierarchy(spark, e2e_root, modelled):
     data, features, truth = modelled
-    model = settings.model.model_copy(
+    model = e2e_settings(e2e_root).model.model_copy(
         update={
             "algorithm": "bisecting_kmeans",
             "selection": SelectionSettings(enabled=False),

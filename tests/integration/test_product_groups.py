@@ -5,8 +5,11 @@ from pathlib import Path
 import pytest
 from pyspark.sql import functions as F
 
-from seg_spark.config import ProductGroupSettings
+from seg_spark.config import ProductGroupSettings, load_config
 from seg_spark.features.products import NO_WORDS_GROUP, fit_groups, product_catalogue, refresh_groups
+from seg_spark.tables import TableStore
+
+pytestmark = pytest.mark.slow
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "online_retail.csv.gz"
 
@@ -48,13 +51,13 @@ def test_word2vec_method_groups_products_too(products):
 
 def test_known_products_keep_their_group_and_new_ones_join_existing_groups(spark, products, tmp_path):
     settings = ProductGroupSettings(groups=8, seed=1)
-    table_path, model_path = str(tmp_path / "groups"), str(tmp_path / "model")
+    store = TableStore(spark, load_config([], [f"storage.root={tmp_path}"]))
     first_products = products.filter(F.col("product_id") < "5")
     as_lines = lambda p: p.select("product_id", "description")  # noqa: E731 - product_catalogue input
-    first, refitted = refresh_groups(spark, as_lines(first_products), settings, table_path, model_path)
+    first, refitted = refresh_groups(store, as_lines(first_products), settings)
     assert refitted
     before = {r.product_id: r.group_id for r in first.collect()}
-    after, refitted = refresh_groups(spark, as_lines(products), settings, table_path, model_path)
+    after, refitted = refresh_groups(store, as_lines(products), settings)
     assert not refitted
     after_rows = after.collect()
     assert len(after_rows) == products.count()

@@ -3,9 +3,9 @@ from datetime import date, datetime
 
 import pytest
 
+from seg_spark.catalogue import SIDE_NUMERIC, feature_names
 from seg_spark.config import FeatureSettings, MixSettings
 from seg_spark.features.behaviour import customer_features
-from seg_spark.features.catalogue import SIDE_NUMERIC, feature_names
 
 AS_OF = date(2024, 3, 1)
 SCHEMA = (
@@ -117,7 +117,7 @@ def test_families_can_be_switched_off(spark):
 def test_feature_catalogue_document_is_generated_from_the_code():
     from pathlib import Path
 
-    from seg_spark.features.catalogue import markdown
+    from seg_spark.catalogue import markdown
 
     written = (Path(__file__).resolve().parents[2] / "docs" / "FEATURES.md").read_text()
-    assert written == markdown(), "regenerate: python -m seg_spark.features.catalogue > docs/FEATURES.md"
+    assert written == markdown(), "regenerate: python -m seg_spark.catalogue > docs/FEATURES.md"

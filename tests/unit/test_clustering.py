@@ -226,3 +226,43 @@ def test_a_mixture_keeps_the_start_with_the_highest_likelihood(spark):
     vectors.unpersist()
     assert len(set(np.round(likelihoods, 6))) > 1, "the starts should differ on overlapping groups"
     assert best.summary.logLikelihood == pytest.approx(max(likelihoods), abs=1e-9)
+
+
+def test_a_degenerate_segmentation_is_refused_naming_each_cause_and_setting(spark):
+    """Ten customers, k = 50 without selection: k is lowered to 10, one customer per segment."""
+    data = customers(spark, [(float(i), float(i % 3), float(i % 2)) for i in range(10)])
+    settings = fixed(k=50).model_copy(update={"stability": StabilitySettings(bootstraps=1)})
+    seg = selection.segment(spark, data, FEATURES, settings)
+    try:
+        assert seg.k == 10
+        with pytest.raises(selection.DegenerateSegmentationError) as refused:
+            selection.refuse_degenerate(seg, settings)
+        message = str(refused.value)
+        assert message.startswith("the segmentation (kmeans, k=10) is degenerate; nothing was registered")
+        assert "10 customers for 10 segments is fewer than model.min_customers_per_segment = 5" in message
+        assert refused.value.exit_code == 3
+        # With a minimum of one per segment it is still refused: one point per segment leaves
+        # Calinski-Harabasz undefined, and no bootstrap of ten points holds ten distinct ones.
+        with pytest.raises(selection.DegenerateSegmentationError) as still:
+            selection.refuse_degenerate(seg, settings.model_copy(update={"min_customers_per_segment": 1}))
+        assert "min_customers_per_segment" not in str(still.value)
+        assert "quality metrics calinski_harabasz are undefined" in str(still.value)
+        assert "none of the model.stability.bootstraps = 1 refits could be fitted" in str(still.value)
+    finally:
+        seg.release()
+
+
+def test_k_lowered_below_the_sweep_and_failed_stability_are_refused(spark):
+    data = customers(spark, three_groups(60))
+    seg = selection.segment(spark, data, FEATURES, fixed(k=3))
+    try:
+        sweep = fixed(k=3).model_copy(
+            update={"selection": SelectionSettings(k_min=4, k_max=5), "stability": StabilitySettings(bootstraps=2)}
+        )
+        with pytest.raises(selection.DegenerateSegmentationError) as refused:
+            selection.refuse_degenerate(seg, sweep)  # k = 3 < k_min = 4, and no bootstrap was fitted
+        assert "below model.selection.k_min = 4" in str(refused.value)
+        assert "none of the model.stability.bootstraps = 2 refits could be fitted" in str(refused.value)
+        selection.refuse_degenerate(seg, fixed(k=3))
+    finally:
+        seg.release()

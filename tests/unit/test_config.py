@@ -138,3 +138,37 @@ def test_base_yaml_lists_every_key():
 def test_example_configs_validate():
     for path in sorted((CONF / "examples").glob("*.yaml")):
         assert load_config([path]).sources.transactions.path, path
+
+
+@pytest.mark.parametrize("run_id", ["a' OR '1'='1", "has space", "-leading-dash", "x" * 129, "semi;colon"])
+def test_a_run_id_with_odd_characters_is_refused(run_id):
+    with pytest.raises(ConfigError, match="run.run_id"):
+        load_config([], [f"run.run_id={run_id}"])
+
+
+def test_cli_run_id_and_as_of_become_validated_settings():
+    from seg_spark.cli import _settings, build_parser
+
+    args = build_parser().parse_args(
+        ["run", "--config", str(CONF / "local.yaml"), "--stage", "features", "--run-id", "r-1", "--as-of", "2026-01-02"]
+    )
+    settings = _settings(args)
+    assert (args.stage, settings.run.run_id, settings.features.as_of_date.isoformat()) == (
+        ["features"],
+        "r-1",
+        "2026-01-02",
+    )
+    with pytest.raises(ConfigError, match="run.run_id"):
+        _settings(build_parser().parse_args(["run", "--config", str(CONF / "local.yaml"), "--run-id", "a'b"]))
+
+
+def test_an_unset_environment_variable_is_named_not_used_as_a_path(tmp_path, monkeypatch):
+    monkeypatch.delenv("DATA_DIR", raising=False)
+    monkeypatch.setenv("LAKE", "/mnt/lake")
+    conf = tmp_path / "env.yaml"
+    conf.write_text("storage:\n  root: $LAKE/x\nsources:\n  transactions:\n    path: ${DATA_DIR}/tx.csv\n")
+    with pytest.raises(ConfigError) as err:
+        load_config([conf])
+    assert f"config file {conf} uses environment variable(s) that are not set: DATA_DIR (line 5)" in str(err.value)
+    conf.write_text("storage:\n  root: ${DATA_DIR:-/tmp/fallback}/x\n")
+    assert load_config([conf]).storage.root == "/tmp/fallback/x"

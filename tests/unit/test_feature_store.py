@@ -1,20 +1,25 @@
 """Incremental refresh of the daily aggregates equals a full recompute, exactly."""
 
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from seg_spark import io
-from seg_spark.config import FeatureSettings
+from seg_spark.config import FeatureSettings, load_config
 from seg_spark.features import store
 from seg_spark.features.behaviour import customer_features, features_from_state, mix_keys
 from seg_spark.features.daily import daily_aggregates
 from seg_spark.features.state import advance_state, state_from_daily
+from seg_spark.tables import Table, TableStore
 
 START, DAYS = date(2024, 1, 1), 100
 AS_OF = START + timedelta(days=DAYS)
+NOW = datetime(2024, 6, 1, tzinfo=UTC)
+
+
+def table_store(spark, root) -> TableStore:
+    return TableStore(spark, load_config([], [f"storage.root={root}"]))
 
 
 def canonical_lines(spark, rows: int = 4000) -> DataFrame:
@@ -64,22 +69,21 @@ def lines(spark):
 
 
 def test_incremental_refreshes_equal_a_full_recompute(spark, lines, tmp_path):
-    clean, daily, refresh_log = (str(tmp_path / name) for name in ("clean", "daily", "log"))
+    tables = table_store(spark, tmp_path)
     last_day, second_last, late_day = AS_OF - timedelta(days=1), AS_OF - timedelta(days=2), START + timedelta(days=40)
     day = F.to_date("ts")
     late = (day == F.lit(late_day)) & (F.col("customer_id") < "c3")  # held back, arrives after the newer days
     history = lines.filter((day < F.lit(second_last)) & ~late)
 
     settings = FeatureSettings()
-    state_path = str(tmp_path / "state")
 
     def append(batch: DataFrame) -> store.RefreshResult:
-        io.append_delta(store.with_tx_date(batch), clean, partition_by=[store.TX_DATE])
-        io.enable_change_feed(spark, clean)
-        return store.refresh_daily(spark, clean, daily, refresh_log, refresh="incremental", run_id="t")
+        tables.append(Table.TRANSACTIONS_CLEAN, store.with_tx_date(batch), partition_by=[store.TX_DATE])
+        tables.enable_change_feed(Table.TRANSACTIONS_CLEAN)
+        return store.refresh_daily(tables, refresh="incremental", run_id="t", now=NOW)
 
     def features_as_of(as_of: date) -> tuple[DataFrame, store.StateResult]:
-        state, done = store.refresh_state(spark, daily, state_path, refresh_log, as_of, settings)
+        state, done = store.refresh_state(tables, as_of, settings)
         return features_from_state(state, as_of, settings, mix_keys(state, settings)), done
 
     first = append(history)
@@ -99,18 +103,19 @@ def test_incremental_refreshes_equal_a_full_recompute(spark, lines, tmp_path):
     assert state.mode == "built" and "changed since the state was built" in state.reason  # the late rows
     assert_exactly_equal(features, customer_features(lines, AS_OF, settings))
 
-    unchanged = store.refresh_daily(spark, clean, daily, refresh_log, refresh="incremental", run_id="t")
+    unchanged = store.refresh_daily(tables, refresh="incremental", run_id="t", now=NOW)
     assert unchanged.mode == "unchanged"
     assert features_as_of(AS_OF)[1].mode == "reused"
     assert features_as_of(AS_OF - timedelta(days=3))[1].reason.startswith("as-of date")
     # ... and the daily table itself equals one built from scratch.
-    full_daily = str(tmp_path / "full_daily")
-    store.refresh_daily(spark, clean, full_daily, str(tmp_path / "full_log"), refresh="full", run_id="t")
+    scratch = table_store(spark, tmp_path / "scratch")
+    scratch.overwrite(Table.TRANSACTIONS_CLEAN, tables.read(Table.TRANSACTIONS_CLEAN), partition_by=[store.TX_DATE])
+    store.refresh_daily(scratch, refresh="full", run_id="t", now=NOW)
     assert_exactly_equal(
-        io.read_delta(spark, daily).drop("category_spend", "channel_orders"),
-        io.read_delta(spark, full_daily).drop("category_spend", "channel_orders"),
+        tables.read(Table.CUSTOMER_DAILY).drop("category_spend", "channel_orders"),
+        scratch.read(Table.CUSTOMER_DAILY).drop("category_spend", "channel_orders"),
     )
-    log_rows = io.read_delta(spark, refresh_log).orderBy("source_version").collect()
+    log_rows = tables.read(Table.FEATURE_REFRESH_LOG).orderBy("source_version").collect()
     assert [(r.mode, r.days_refreshed) for r in log_rows] == [
         ("full", 98),
         ("incremental", 1),
@@ -141,11 +146,11 @@ def test_advancing_the_state_equals_building_it(lines):
 
 
 def test_a_replaced_snapshot_triggers_a_full_refresh(spark, lines, tmp_path):
-    clean, daily, refresh_log = (str(tmp_path / name) for name in ("clean", "daily", "log"))
+    tables = table_store(spark, tmp_path)
     for _ in range(2):
-        io.write_delta(store.with_tx_date(lines), clean, partition_by=[store.TX_DATE])
-        io.enable_change_feed(spark, clean)
-        result = store.refresh_daily(spark, clean, daily, refresh_log, refresh="incremental", run_id="t")
+        tables.overwrite(Table.TRANSACTIONS_CLEAN, store.with_tx_date(lines), partition_by=[store.TX_DATE])
+        tables.enable_change_feed(Table.TRANSACTIONS_CLEAN)
+        result = store.refresh_daily(tables, refresh="incremental", run_id="t", now=NOW)
     assert result.mode == "full" and "replaced" in result.reason
 
 

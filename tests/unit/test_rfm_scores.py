@@ -1,7 +1,7 @@
 from collections import Counter
 
+from seg_spark.catalogue import RFM_SEGMENT_RULES
 from seg_spark.features.behaviour import with_rfm_scores
-from seg_spark.features.catalogue import RFM_SEGMENT_RULES
 
 
 def test_rules_name_every_cell_of_the_r_by_f_grid():

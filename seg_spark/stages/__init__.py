@@ -1,0 +1,57 @@
+"""The pipeline's stages, in order. Each is a package with one ``run(ctx) -> StageResult``.
+
+Stages meet only in tables (through ``ctx.store``) and the model registry: a stage never
+reads another stage's memory, so each can run as its own process (``seg-spark run --stage``,
+``jobs/<stage>.py``, one Databricks task per stage).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import date
+from typing import TYPE_CHECKING, Any
+
+from seg_spark.errors import ConfigError
+
+if TYPE_CHECKING:
+    from seg_spark.tables import Table
+
+STAGE_NAMES: tuple[str, ...] = ("ingest", "features", "segment")
+
+
+@dataclass(frozen=True, kw_only=True)
+class StageResult:
+    """What every stage returns: rows in and out, the tables it wrote, the as-of date it worked on."""
+
+    stage: str
+    rows_in: int | None
+    rows_out: int | None
+    tables: tuple[Table, ...]
+    as_of_date: date | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    def report(self) -> list[str]:
+        """Lines a person reads at the end of a run (the CLI prints them)."""
+        rows = f"{self.rows_out:,} rows out" if self.rows_out is not None else "done"
+        return [f"{self.stage}: {rows}"]
+
+
+def entry_point(name: str) -> Callable[[Any], StageResult]:
+    """The ``run`` function of the stage called ``name``."""
+    if name not in STAGE_NAMES:
+        raise ConfigError(f"unknown stage {name!r}; stages are, in order: {', '.join(STAGE_NAMES)}")
+    module = importlib.import_module(f"seg_spark.stages.{name}")
+    run: Callable[[Any], StageResult] = module.run
+    return run
+
+
+def ordered(names: Sequence[str] | None) -> tuple[str, ...]:
+    """The named stages (all when None or empty) in pipeline order, each once."""
+    if not names:
+        return STAGE_NAMES
+    unknown = sorted(set(names) - set(STAGE_NAMES))
+    if unknown:
+        raise ConfigError(f"unknown stage(s) {unknown}; stages are, in order: {', '.join(STAGE_NAMES)}")
+    return tuple(name for name in STAGE_NAMES if name in names)

@@ -1,0 +1,127 @@
+"""Ingest: read every configured source, map, clean, quarantine, reconcile and profile it.
+
+Writes ``transactions_clean`` (by day, change data feed on), the quarantine and the
+data-quality rows of each source, and the cleaned side tables; then checks the quality
+thresholds, so a bad source stops the run before any feature or model is touched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+
+from pyspark.sql import DataFrame
+
+from seg_spark import io, quality, synth
+from seg_spark.config import EventSourceSettings, ProfileSourceSettings
+from seg_spark.context import RunContext
+from seg_spark.features.store import TX_DATE, with_tx_date
+from seg_spark.privacy import pseudonym_key
+from seg_spark.stages import StageResult
+from seg_spark.tables import Predicate, Table, where
+
+SIDE_TABLES = {"profiles": Table.CUSTOMER_PROFILES, "events": Table.EVENTS_CLEAN}
+
+
+@dataclass(frozen=True, kw_only=True)
+class IngestStageResult(StageResult):
+    """Counts of the transaction log, and of each side source by name."""
+
+    counts: quality.IngestCounts
+    side_counts: dict[str, quality.IngestCounts] = field(default_factory=dict)
+
+    def report(self) -> list[str]:
+        """Where every input row went, per source."""
+        return [_accounting(name, counts) for name, counts in {"transactions": self.counts, **self.side_counts}.items()]
+
+
+def _accounting(source: str, counts: quality.IngestCounts) -> str:
+    return (
+        f"{source}: input rows {counts.input_rows:,}: clean {counts.clean_rows:,}, quarantined "
+        f"{counts.quarantined_rows:,} {counts.by_reason or ''}, duplicates removed {counts.duplicates_removed:,}"
+    )
+
+
+def run(ctx: RunContext) -> IngestStageResult:
+    """Ingest the transaction log and the configured side sources: validate everything, then commit.
+
+    Every source is read, cleaned and counted first and this run's data-quality rows are
+    written (a slice of their own, for diagnosis); only when the thresholds hold are the
+    clean tables and the quarantine replaced, so a failed run leaves them as they were.
+
+    Raises:
+        SourceError, MappingError, ReconciliationError, PrivacyError: A source cannot be used.
+        QualityThresholdError: The transactions break a configured threshold.
+    """
+    settings = ctx.settings
+    source = settings.sources.transactions
+    if synth.is_demo(settings):
+        source = synth.ensure_demo_log(ctx.spark, settings.demo, ctx.clock.today())
+    key = pseudonym_key(settings.privacy) if settings.privacy.pseudonymise_customer_id else None
+    raw = io.read_source(ctx.spark, source, "transactions")
+    transactions = quality.ingest(raw, source, settings.quality, ctx.run_id, "transactions", key)
+    results: list[tuple[quality.IngestResult, Table, Callable[[DataFrame], None]]] = [
+        (transactions, Table.TRANSACTIONS_CLEAN, partial(_write_transactions, ctx, mode=source.mode))
+    ]
+    try:
+        for name, table in SIDE_TABLES.items():
+            side = getattr(settings.sources, name)
+            if side is not None:
+                results.append((_clean_side(ctx, name, side, key), table, partial(ctx.store.overwrite, table)))
+        for result, _, _ in results:
+            ctx.store.replace(
+                Table.DATA_QUALITY,
+                quality.quality_rows(ctx.spark, result, ctx.run_id),
+                where(run_id=ctx.run_id, source=result.source),
+            )
+        # Stop before anything a consumer reads changes.
+        quality.check_thresholds(transactions, settings.quality.thresholds)
+        for result, _, write_clean in results:
+            write_clean(result.clean)
+            ctx.store.replace(Table.TRANSACTIONS_QUARANTINE, result.quarantine, _quarantine_slice(ctx, result.source))
+    finally:
+        for result, _, _ in results:
+            result.release()
+    metrics = {name: value for result, _, _ in results for name, value in quality.quality_metrics(result).items()}
+    counts = transactions.counts
+    return IngestStageResult(
+        stage="ingest",
+        rows_in=counts.input_rows,
+        rows_out=counts.clean_rows,
+        tables=(Table.DATA_QUALITY, Table.TRANSACTIONS_QUARANTINE, *(table for _, table, _ in results)),
+        metrics=metrics,
+        counts=counts,
+        side_counts={result.source: result.counts for result, _, _ in results[1:]},
+    )
+
+
+def _quarantine_slice(ctx: RunContext, source: str) -> Predicate:
+    """The quarantine slice a source's bad rows replace: one current quarantine per source.
+
+    A snapshot source's rows replace its previous ones (history stays in time travel); an
+    appended batch keeps its own slice next to the earlier batches.
+    """
+    if source == "transactions" and ctx.settings.sources.transactions.mode == "append":
+        return where(run_id=ctx.run_id, source=source)
+    return where(source=source)
+
+
+def _clean_side(
+    ctx: RunContext, name: str, side: ProfileSourceSettings | EventSourceSettings, key: bytes | None
+) -> quality.IngestResult:
+    """Read and clean one side source (profiles or events)."""
+    raw = io.read_source(ctx.spark, side, name)
+    if isinstance(side, ProfileSourceSettings):
+        return quality.ingest_profiles(raw, side, ctx.run_id, key)
+    return quality.ingest_events(raw, side, ctx.settings.quality, ctx.run_id, key)
+
+
+def _write_transactions(ctx: RunContext, clean: DataFrame, *, mode: str) -> None:
+    """Write clean lines by day (replacing a snapshot or appending a batch) with the change feed on."""
+    dated = with_tx_date(clean)
+    if mode == "append":
+        ctx.store.append(Table.TRANSACTIONS_CLEAN, dated, partition_by=[TX_DATE])
+    else:
+        ctx.store.overwrite(Table.TRANSACTIONS_CLEAN, dated, partition_by=[TX_DATE])
+    ctx.store.enable_change_feed(Table.TRANSACTIONS_CLEAN)

@@ -1,0 +1,5 @@
+"""The segment stage: customer_features -> model_selection, segment_hierarchy, customer_segments + registry."""
+
+from seg_spark.stages.segment.stage import SegmentStageResult, run
+
+__all__ = ["SegmentStageResult", "run"]

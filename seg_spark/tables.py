@@ -1,0 +1,290 @@
+"""The table store: every Delta table seg-spark reads or writes, by name, through one object.
+
+Table names are the ``Table`` enum (their storage names come from the ``tables`` config
+section); locations are ``<storage.root>/<name>``. Every Delta read, write, slice
+replacement (``replaceWhere``), history look-up and catalog registration goes through
+``TableStore``, so no other module knows a path or a table name literal.
+
+Slices are ``Predicate`` objects built from typed values (strings, dates, integers) and
+rendered to SQL here, with string literals escaped, so a value can never widen a
+``replaceWhere``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+from enum import StrEnum
+from typing import Any
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from seg_spark.config import Settings
+from seg_spark.errors import StageInputError
+
+log = logging.getLogger(__name__)
+
+
+class Table(StrEnum):
+    """Every table seg-spark owns; the value is its key in the ``tables`` config section."""
+
+    TRANSACTIONS_CLEAN = "transactions_clean"
+    TRANSACTIONS_QUARANTINE = "transactions_quarantine"
+    DATA_QUALITY = "data_quality"
+    CUSTOMER_PROFILES = "customer_profiles"
+    EVENTS_CLEAN = "events_clean"
+    CUSTOMER_DAILY = "customer_daily"
+    FEATURE_REFRESH_LOG = "feature_refresh_log"
+    CUSTOMER_STATE = "customer_state"
+    PRODUCT_GROUPS = "product_groups"
+    CUSTOMER_FEATURES = "customer_features"
+    CUSTOMER_SEGMENTS = "customer_segments"
+    MODEL_SELECTION = "model_selection"
+    SEGMENT_HIERARCHY = "segment_hierarchy"
+    PIPELINE_RUNS = "pipeline_runs"
+
+
+Literal = str | date | int | bool
+
+
+def sql_literal(value: Literal) -> str:
+    """A typed value as a SQL literal: strings quoted with quotes and backslashes escaped."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, datetime):
+        raise TypeError("timestamps are not used in table slices; pass a date")
+    if isinstance(value, date):
+        return f"DATE'{value.isoformat()}'"
+    if isinstance(value, str):
+        escaped = value.replace("\\", "\\\\").replace("'", "\\'")
+        return f"'{escaped}'"
+    raise TypeError(f"unsupported literal {value!r} ({type(value).__name__})")
+
+
+@dataclass(frozen=True)
+class Predicate:
+    """Rows of a table slice: every ``column = value`` and ``column IN (values)`` holds."""
+
+    equal: tuple[tuple[str, Literal], ...] = ()
+    member: tuple[tuple[str, tuple[Literal, ...]], ...] = ()
+
+    def sql(self) -> str:
+        """The predicate as SQL (for ``replaceWhere``)."""
+        parts = [f"`{column}` = {sql_literal(value)}" for column, value in self.equal]
+        for column, values in self.member:
+            if not values:
+                raise ValueError(f"an empty IN list for {column} selects nothing")
+            parts.append(f"`{column}` IN ({', '.join(sql_literal(v) for v in values)})")
+        if not parts:
+            raise ValueError("an empty predicate would select the whole table")
+        return " AND ".join(parts)
+
+    def column(self) -> Any:
+        """The predicate as a Spark column (for filters)."""
+        condition = F.lit(True)
+        for column, value in self.equal:
+            condition = condition & (F.col(column) == F.lit(value))
+        for column, values in self.member:
+            condition = condition & F.col(column).isin(list(values))
+        return condition
+
+
+def where(**equal: Literal) -> Predicate:
+    """A slice by equality: ``where(run_id="abc", source="transactions")``."""
+    return Predicate(equal=tuple(equal.items()))
+
+
+def where_in(column: str, values: Iterable[Literal]) -> Predicate:
+    """A slice by membership: ``where_in("day", [date(2026, 1, 1)])``."""
+    return Predicate(member=((column, tuple(values)),))
+
+
+class TableStore:
+    """Reads and writes seg-spark's Delta tables under ``storage.root``.
+
+    Args:
+        spark: The session.
+        settings: The configuration (storage root, table names, catalog database).
+    """
+
+    def __init__(self, spark: SparkSession, settings: Settings) -> None:
+        self.spark = spark
+        self._settings = settings
+
+    # --- locations ---------------------------------------------------------------------
+
+    def name(self, table: Table) -> str:
+        """The table's configured storage name."""
+        return str(getattr(self._settings.tables, table.value))
+
+    def path(self, table: Table) -> str:
+        """The table's location."""
+        return self._settings.storage_path(self.name(table))
+
+    def model_path(self, name: str) -> str:
+        """Where a saved helper model (e.g. the product groups' text model) lives."""
+        return self._settings.storage_path(f"models/{name}")
+
+    # --- reading -----------------------------------------------------------------------
+
+    def exists(self, table: Table) -> bool:
+        """Whether the table has been created."""
+        from delta.tables import DeltaTable
+
+        return bool(DeltaTable.isDeltaTable(self.spark, self.path(table)))
+
+    def read(self, table: Table, version: int | None = None) -> DataFrame:
+        """The table's current rows (or those of an earlier ``version``)."""
+        reader = self.spark.read.format("delta")
+        if version is not None:
+            reader = reader.option("versionAsOf", version)
+        return reader.load(self.path(table))
+
+    def require(self, table: Table, stage: str) -> DataFrame:
+        """The table's rows, or a ``StageInputError`` naming the stage that writes it."""
+        if not self.exists(table):
+            raise StageInputError(
+                f"table {self.name(table)} does not exist at {self.path(table)}: "
+                f"run the {stage} stage first (seg-spark run --stage {stage}, with the same --config)"
+            )
+        return self.read(table)
+
+    def changes(self, table: Table, first: int, last: int) -> DataFrame:
+        """Rows inserted, updated or deleted in versions ``first``..``last`` (change data feed)."""
+        return (
+            self.spark.read.format("delta")
+            .option("readChangeFeed", "true")
+            .option("startingVersion", first)
+            .option("endingVersion", last)
+            .load(self.path(table))
+        )
+
+    def version(self, table: Table) -> int:
+        """The table's latest version."""
+        return int(self.history(table, 1).select("version").first()[0])  # type: ignore[index]
+
+    def history(self, table: Table, limit: int | None = None) -> DataFrame:
+        """The table's commit history, newest first."""
+        from delta.tables import DeltaTable
+
+        handle = DeltaTable.forPath(self.spark, self.path(table))
+        return handle.history(limit) if limit else handle.history()
+
+    def rows_written(self, table: Table) -> int | None:
+        """Rows the table's last commit wrote (Delta's ``numOutputRows``), without reading the data."""
+        row = self.history(table, 1).select(F.col("operationMetrics")["numOutputRows"]).first()
+        return None if row is None or row[0] is None else int(row[0])
+
+    def commit_metadata(self, table: Table) -> dict[str, Any] | None:
+        """The JSON ``userMetadata`` of the table's last commit (None: no table, none, or not JSON)."""
+        if not self.exists(table):
+            return None
+        row = self.history(table, 1).select("userMetadata").first()
+        try:
+            return json.loads(row[0]) if row and row[0] else None
+        except ValueError:
+            return None
+
+    def replaced_between(self, table: Table, first: int, last: int) -> bool:
+        """Whether a commit in versions ``first``..``last`` overwrote the whole table."""
+        history = self.history(table).filter(F.col("version").between(first, last))
+        overwrites = history.filter(
+            (F.col("operation") == "WRITE")
+            & (F.col("operationParameters")["mode"] == "Overwrite")
+            & F.col("operationParameters")["predicate"].isNull()
+            | (F.col("operation").isin("CREATE OR REPLACE TABLE AS SELECT", "REPLACE TABLE AS SELECT"))
+        )
+        return overwrites.limit(1).count() > 0
+
+    # --- writing -----------------------------------------------------------------------
+
+    def overwrite(
+        self,
+        table: Table,
+        df: DataFrame,
+        *,
+        partition_by: Sequence[str] = (),
+        commit_metadata: Mapping[str, Any] | None = None,
+        table_properties: Mapping[str, str] | None = None,
+    ) -> None:
+        """Replace the whole table (its schema may change); earlier versions stay reachable."""
+        writer = df.write.format("delta").mode("overwrite")
+        if partition_by:
+            writer = writer.partitionBy(*partition_by)
+        # A full replace means the whole table, whatever the session's partitionOverwriteMode.
+        writer = writer.option("overwriteSchema", "true").option("partitionOverwriteMode", "static")
+        self._save(table, writer, commit_metadata, table_properties, "overwrite")
+
+    def replace(
+        self,
+        table: Table,
+        df: DataFrame,
+        slice_: Predicate,
+        *,
+        partition_by: Sequence[str] = (),
+        commit_metadata: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Replace only the rows of ``slice_`` (a rerun of the same slice is idempotent).
+
+        Every row of ``df`` must match the slice (Delta checks). Columns may be added.
+        """
+        predicate = slice_.sql()
+        writer = df.write.format("delta").mode("overwrite")
+        if partition_by:
+            writer = writer.partitionBy(*partition_by)
+        writer = writer.option("replaceWhere", predicate).option("mergeSchema", "true")
+        self._save(table, writer, commit_metadata, None, f"replace where {predicate}")
+
+    def append(self, table: Table, df: DataFrame, *, partition_by: Sequence[str] = ()) -> None:
+        """Add rows (the table is created, partitioned as given, when missing)."""
+        writer = df.write.format("delta").mode("append").option("mergeSchema", "true")
+        if partition_by:
+            writer = writer.partitionBy(*partition_by)
+        self._save(table, writer, None, None, "append")
+
+    def _save(
+        self,
+        table: Table,
+        writer: Any,
+        commit_metadata: Mapping[str, Any] | None,
+        table_properties: Mapping[str, str] | None,
+        how: str,
+    ) -> None:
+        for key, value in (table_properties or {}).items():
+            writer = writer.option(key, value)
+        if commit_metadata is not None:
+            writer = writer.option("userMetadata", json.dumps(dict(commit_metadata)))
+        log.debug("writing Delta table %s (%s)", self.name(table), how)
+        writer.save(self.path(table))
+
+    def enable_change_feed(self, table: Table) -> None:
+        """Record the table's row changes (for incremental readers); no-op when already on."""
+        location = self.path(table).replace("`", "``")
+        properties = self.spark.sql(f"SHOW TBLPROPERTIES delta.`{location}`").collect()
+        if any(r["key"] == "delta.enableChangeDataFeed" and r["value"] == "true" for r in properties):
+            return
+        self.spark.sql(f"ALTER TABLE delta.`{location}` SET TBLPROPERTIES (delta.enableChangeDataFeed = true)")
+
+    # --- catalog -----------------------------------------------------------------------
+
+    def register(self, tables: Iterable[Table]) -> list[str]:
+        """Register existing tables in ``storage.database`` (no-op without one); return their names."""
+        database = self._settings.storage.database
+        if not database:
+            return []
+        self.spark.sql(f"CREATE DATABASE IF NOT EXISTS `{database}`")
+        registered = []
+        for table in tables:
+            if not self.exists(table):
+                continue
+            qualified = f"`{database}`.`{self.name(table)}`"
+            location = sql_literal(self.path(table))
+            self.spark.sql(f"CREATE TABLE IF NOT EXISTS {qualified} USING DELTA LOCATION {location}")
+            registered.append(f"{database}.{self.name(table)}")
+        return registered

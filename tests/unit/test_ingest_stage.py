@@ -1,0 +1,97 @@
+"""The ingest stage validates before it commits: a failed run leaves the tables a consumer reads as they
+were, and the quarantine holds the current snapshot's bad rows once."""
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from seg_spark.config import load_config
+from seg_spark.errors import DataError
+from seg_spark.pipeline import run_pipeline
+from seg_spark.quality import QualityThresholdError
+from seg_spark.runs import RunManifest
+from seg_spark.tables import Table, TableStore
+from seg_spark.tracking import configure
+
+HEADER = "order,customer,when,product,qty,price\n"
+GOOD = (
+    HEADER
+    + "".join(f"o{i},c{i % 7},2025-03-{1 + i % 28:02d} 10:00:00,p{i % 5},{1 + i % 3},{2.5 + i}\n" for i in range(40))
+    + "o99,,2025-03-02 10:00:00,p1,1,2.0\n"
+)  # one row without a customer: quarantined
+# The same export with day-first dates: every timestamp is unparseable with the configured format.
+DAY_FIRST = HEADER + "".join(f"o{i},c{i % 7},{1 + i % 28:02d}/03/2025 10:00,p{i % 5},1,3.0\n" for i in range(40))
+
+
+def _settings(tmp_path, source, run_id, *extra):
+    return load_config(
+        [],
+        [
+            f"storage.root={tmp_path}/warehouse",
+            "tracking.enabled=false",
+            f"sources.transactions.path={source}",
+            "sources.transactions.format=csv",
+            "sources.transactions.timestamp_format=yyyy-MM-dd HH:mm:ss",
+            "sources.transactions.columns={customer_id: customer, order_id: order, ts: when, product_id: product, "
+            "quantity: qty, unit_price: price, description: null, category: null, channel: null, discount: null, "
+            "country: null}",
+            "quality.clock=2025-06-01T00:00:00",
+            f"run.run_id={run_id}",
+            *extra,
+        ],
+    )
+
+
+def _state(store: TableStore) -> dict[str, tuple[int, int]]:
+    """(Delta version, rows) of the tables a consumer reads."""
+    tables = (Table.TRANSACTIONS_CLEAN, Table.TRANSACTIONS_QUARANTINE)
+    return {t.value: (store.version(t), store.read(t).count()) for t in tables}
+
+
+def test_a_failed_ingest_changes_nothing_a_consumer_reads_and_the_quarantine_does_not_pile_up(spark, tmp_path):
+    good, bad = tmp_path / "good.csv", tmp_path / "day_first.csv"
+    good.write_text(GOOD)
+    bad.write_text(DAY_FIRST)
+    first = run_pipeline(spark, _settings(tmp_path, good, "good-1"), ["ingest"]).stages["ingest"]
+    assert (first.counts.clean_rows, first.counts.quarantined_rows) == (40, 1)
+    store = TableStore(spark, _settings(tmp_path, good, "good-1"))
+    before = _state(store)
+    assert before["transactions_clean"][1] == 40 and before["transactions_quarantine"][1] == 1
+
+    with pytest.raises(QualityThresholdError, match="fails its quality thresholds") as failure:
+        run_pipeline(spark, _settings(tmp_path, bad, "bad-1"), ["ingest"])
+    assert isinstance(failure.value, DataError) and failure.value.exit_code == 3
+    assert _state(store) == before
+    # The failed run's own data-quality rows stay for diagnosis, next to its failed manifest row.
+    dq = store.read(Table.DATA_QUALITY).filter("run_id = 'bad-1' AND metric = 'rule'")
+    assert {r.column: r.value for r in dq.collect()}["invalid_timestamp"] == 40
+    (manifest,) = store.read(Table.PIPELINE_RUNS).filter("run_id = 'bad-1'").collect()
+    assert manifest.status == "failed" and manifest.error.startswith("QualityThresholdError:")
+
+    for run_id in ("good-2", "good-3"):
+        again = run_pipeline(spark, _settings(tmp_path, good, run_id), ["ingest"]).stages["ingest"]
+        assert again.counts == first.counts
+    quarantine = store.read(Table.TRANSACTIONS_QUARANTINE).collect()
+    assert [(r.source, r.reason_code, r.run_id) for r in quarantine] == [
+        ("transactions", "missing_customer_id", "good-3")
+    ]
+    assert store.read(Table.TRANSACTIONS_CLEAN).count() == 40
+
+
+def test_a_stage_left_running_by_a_dead_process_is_marked_abandoned(spark, tmp_path):
+    good = tmp_path / "good.csv"
+    good.write_text(GOOD)
+    settings = _settings(tmp_path, good, "after-kill", "tracking.enabled=true", f"tracking.tracking_uri={tmp_path}/ml")
+    # What a process killed during its features stage leaves: a running manifest row and a RUNNING MLflow run.
+    configure(settings.tracking)
+    client = MlflowClient()
+    dead = client.create_run(client.get_experiment_by_name(settings.tracking.experiment).experiment_id)
+    store = TableStore(spark, settings)
+    RunManifest(store).started("killed", "features", dead.info.run_id)
+
+    run_pipeline(spark, settings, ["ingest"])
+    rows = {(r.run_id, r.stage): r for r in store.read(Table.PIPELINE_RUNS).collect()}
+    abandoned = rows[("killed", "features")]
+    assert abandoned.status == "abandoned" and abandoned.ended_at is not None
+    assert "found running when run after-kill started" in abandoned.error
+    assert rows[("after-kill", "ingest")].status == "succeeded"
+    assert client.get_run(dead.info.run_id).info.status == "FAILED"
