@@ -20,7 +20,7 @@ from datetime import date, datetime
 from enum import StrEnum
 from typing import Any
 
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from seg_spark.config import Settings
@@ -85,7 +85,7 @@ class Predicate:
             raise ValueError("an empty predicate would select the whole table")
         return " AND ".join(parts)
 
-    def column(self) -> Any:
+    def column(self) -> Column:
         """The predicate as a Spark column (for filters)."""
         condition = F.lit(True)
         for column, value in self.equal:
