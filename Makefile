@@ -27,7 +27,7 @@ typecheck: setup
 test: lint typecheck
 	$(BIN)/pytest
 
-# Everything but the end-to-end runs and subprocesses: a couple of minutes.
+# Everything but the tests marked slow (end-to-end runs, subprocesses, whole-stage runs).
 test-fast: lint typecheck
 	$(BIN)/pytest -m "not slow"
 

@@ -68,6 +68,7 @@ def lines(spark):
     return canonical_lines(spark).cache()
 
 
+@pytest.mark.slow  # four refreshes and three exact comparisons: about a minute
 def test_incremental_refreshes_equal_a_full_recompute(spark, lines, tmp_path):
     tables = table_store(spark, tmp_path)
     last_day, second_last, late_day = AS_OF - timedelta(days=1), AS_OF - timedelta(days=2), START + timedelta(days=40)

@@ -12,6 +12,8 @@ from seg_spark.runs import RunManifest
 from seg_spark.tables import Table, TableStore
 from seg_spark.tracking import configure
 
+pytestmark = pytest.mark.slow  # whole ingest runs through the pipeline
+
 HEADER = "order,customer,when,product,qty,price\n"
 GOOD = (
     HEADER
