@@ -48,6 +48,9 @@ class Table(StrEnum):
     PIPELINE_RUNS = "pipeline_runs"
 
 
+# Each optional side source (its key under ``sources``) and the table its clean rows go to.
+SIDE_TABLES: dict[str, Table] = {"profiles": Table.CUSTOMER_PROFILES, "events": Table.EVENTS_CLEAN}
+
 Literal = str | date | int | bool
 
 

@@ -22,9 +22,7 @@ from seg_spark.features import products, store
 from seg_spark.features.behaviour import features_from_state, mix_keys, with_rfm_scores
 from seg_spark.features.side import with_events, with_profiles
 from seg_spark.stages import StageResult
-from seg_spark.tables import Table, where
-
-SIDE_TABLES = {"profiles": Table.CUSTOMER_PROFILES, "events": Table.EVENTS_CLEAN}
+from seg_spark.tables import SIDE_TABLES, Table, where
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -19,9 +19,7 @@ from seg_spark.context import RunContext
 from seg_spark.features.store import TX_DATE, with_tx_date
 from seg_spark.privacy import pseudonym_key
 from seg_spark.stages import StageResult
-from seg_spark.tables import Predicate, Table, where
-
-SIDE_TABLES = {"profiles": Table.CUSTOMER_PROFILES, "events": Table.EVENTS_CLEAN}
+from seg_spark.tables import SIDE_TABLES, Predicate, Table, where
 
 
 @dataclass(frozen=True, kw_only=True)
