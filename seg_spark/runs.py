@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 from datetime import date, datetime
 
 from seg_spark.clock import utc_now
-from seg_spark.tables import Table, TableStore, where
+from seg_spark.tables import Predicate, Table, TableStore, where
 
 RUNS_SCHEMA = (
     "run_id string, stage string, status string, as_of_date date, started_at timestamp, ended_at timestamp, "
@@ -61,10 +61,15 @@ class RunManifest:
         )
         df = self._store.spark.createDataFrame([row], RUNS_SCHEMA)
         slice_ = where(run_id=record.run_id, stage=record.stage)
-        if self._store.exists(Table.PIPELINE_RUNS):
+        if self._has_row(slice_):
             self._store.replace(Table.PIPELINE_RUNS, df, slice_)
-        else:
+        else:  # an append commits without rewriting anything: a quarter of a replace's cost
             self._store.append(Table.PIPELINE_RUNS, df)
+
+    def _has_row(self, slice_: Predicate) -> bool:
+        if not self._store.exists(Table.PIPELINE_RUNS):
+            return False
+        return bool(self._store.read(Table.PIPELINE_RUNS).filter(slice_.column()).limit(1).collect())
 
     def started(self, run_id: str, stage: str, mlflow_run_id: str | None) -> StageRecord:
         """Record that a stage started; return the record to finish later."""

@@ -88,6 +88,10 @@ class Predicate:
             raise ValueError("an empty predicate would select the whole table")
         return " AND ".join(parts)
 
+    def __and__(self, other: Predicate) -> Predicate:
+        """Both slices' conditions."""
+        return Predicate(equal=self.equal + other.equal, member=self.member + other.member)
+
     def column(self) -> Column:
         """The predicate as a Spark column (for filters)."""
         condition = F.lit(True)
@@ -179,6 +183,15 @@ class TableStore:
         handle = DeltaTable.forPath(self.spark, self.path(table))
         return handle.history(limit) if limit else handle.history()
 
+    def partition_columns(self, table: Table) -> list[str]:
+        """The table's partition columns (empty when it has none or does not exist)."""
+        if not self.exists(table):
+            return []
+        from delta.tables import DeltaTable
+
+        row = DeltaTable.forPath(self.spark, self.path(table)).detail().select("partitionColumns").first()
+        return list(row[0]) if row else []
+
     def rows_written(self, table: Table) -> int | None:
         """Rows the table's last commit wrote (Delta's ``numOutputRows``), without reading the data."""
         row = self.history(table, 1).select(F.col("operationMetrics")["numOutputRows"]).first()
@@ -259,6 +272,9 @@ class TableStore:
         table_properties: Mapping[str, str] | None,
         how: str,
     ) -> None:
+        # Optimized writes shuffle rows by partition into files of a useful size: without
+        # them every task writes a file into every partition it holds rows for.
+        writer = writer.option("optimizeWrite", "true")
         for key, value in (table_properties or {}).items():
             writer = writer.option(key, value)
         if commit_metadata is not None:

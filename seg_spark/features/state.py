@@ -2,7 +2,7 @@
 
 The state as of a date S is one row per customer with a day before S. It is built from the
 daily aggregates in one window + one aggregation (``state_from_daily``), or advanced from
-the state as of an earlier date S1 (``advance_state``) by reading only the daily partitions
+the state as of an earlier date S1 (``advance_state``) by reading only the daily rows
 that matter:
 
 * days in [S1, S2) are added to every all-history column (sums, min/max, months, maps);
@@ -206,7 +206,7 @@ def advance_state(state: DataFrame, daily: DataFrame, since: date, as_of: date, 
 
     Args:
         state: The state as of ``since`` (``state_from_daily`` or an earlier advance).
-        daily: Daily per-customer aggregates, partitioned by ``day`` (only a few days are read).
+        daily: Daily per-customer aggregates (only the files of a few days are read: data skipping).
         since: The state's as-of date.
         as_of: The new as-of date.
         settings: The settings the state was built with.

@@ -1,10 +1,15 @@
 """The incremental feature store: a Delta table of daily per-customer aggregates, refreshed by day.
 
-``transactions_clean`` (partitioned by ``tx_date``, change data feed on) is the source of truth.
-Each refresh records the source version it has aggregated in ``feature_refresh_log``. The
-next refresh reads the change feed since that version to find the days that changed (new
-days, late rows for old days, deletions), re-aggregates only those days from their
-partitions and replaces those days' partitions of ``customer_daily``.
+``transactions_clean`` (partitioned by ``tx_month``, change data feed on) is the source of
+truth. Each refresh records the source version it has aggregated in ``feature_refresh_log``.
+The next refresh reads the change feed since that version to find the days that changed
+(new days, late rows for old days, deletions), re-aggregates only those days (reading only
+their months' partitions) and replaces those days' rows of ``customer_daily`` (partitioned
+by ``month``).
+
+Both tables are partitioned by month, not by day: a day holds a few thousand lines below
+billions of rows a year, and one partition per day meant thousands of tiny files per
+version, which cost ten times the write itself (``bench/README.md``).
 
 The as-of features come from ``customer_state``, one row per customer, which is advanced
 from its previous as-of date by reading only the days entering and leaving the windows
@@ -34,6 +39,8 @@ from seg_spark.tables import Table, TableStore, where_in
 log = logging.getLogger(__name__)
 
 TX_DATE = "tx_date"
+TX_MONTH = "tx_month"  # the partition column of transactions_clean
+DAILY_MONTH = "month"  # the partition column of customer_daily
 LOG_SCHEMA = T.StructType(
     [
         T.StructField("run_id", T.StringType()),
@@ -61,8 +68,17 @@ class RefreshResult:
 
 
 def with_tx_date(clean: DataFrame) -> DataFrame:
-    """Add the partition column of ``transactions_clean``: the UTC date of ``ts``."""
-    return clean.withColumn(TX_DATE, F.to_date("ts"))
+    """Add ``tx_date`` (the UTC date of ``ts``) and the partition column ``tx_month`` (its month)."""
+    return clean.withColumn(TX_DATE, F.to_date("ts")).withColumn(TX_MONTH, F.trunc(TX_DATE, "month"))
+
+
+def months_of(days: list[date]) -> list[date]:
+    """The first days of the months ``days`` fall in (partition values), sorted."""
+    return sorted({day.replace(day=1) for day in days})
+
+
+def _with_month(daily: DataFrame) -> DataFrame:
+    return daily.withColumn(DAILY_MONTH, F.trunc("day", "month"))
 
 
 def _last_refresh(store: TableStore) -> int | None:
@@ -100,6 +116,8 @@ def _plan(store: TableStore, refresh: str) -> _Plan:
         return _Plan("unchanged", f"{clean} is still at version {version}", version, last)
     if last > version:
         return _Plan("full", f"{clean} was recreated (version {version} < refreshed {last})", version, last)
+    if store.partition_columns(Table.CUSTOMER_DAILY) != [DAILY_MONTH]:
+        return _Plan("full", f"{store.name(Table.CUSTOMER_DAILY)} has an earlier layout", version, last)
     if store.replaced_between(Table.TRANSACTIONS_CLEAN, last + 1, version):
         return _Plan("full", f"{clean} was replaced since the last refresh (snapshot source)", version, last)
     return _Plan("incremental", f"changes of {clean} versions {last + 1}..{version}", version, last)
@@ -144,13 +162,14 @@ def refresh_daily(
     n_days = 0
     if mode == "full":
         fresh = daily_aggregates(prepare(clean.select(*INPUT_COLUMNS)))
-        store.overwrite(Table.CUSTOMER_DAILY, fresh, partition_by=["day"])
+        store.overwrite(Table.CUSTOMER_DAILY, _with_month(fresh), partition_by=[DAILY_MONTH])
         bounds = clean.agg(F.min(TX_DATE), F.max(TX_DATE), F.countDistinct(TX_DATE)).first()
         if bounds is not None:
             first_day, last_day, n_days = bounds[0], bounds[1], int(bounds[2])
     elif mode == "incremental":
-        lines = clean.filter(F.col(TX_DATE).isin(days)).select(*INPUT_COLUMNS)  # partition pruning
-        _replace_days(store, daily_aggregates(prepare(lines)), days)
+        wanted = where_in(TX_MONTH, months_of(days)) & where_in(TX_DATE, days)  # months: partition pruning
+        lines = clean.filter(wanted.column()).select(*INPUT_COLUMNS)
+        _replace_days(store, _with_month(daily_aggregates(prepare(lines))), days)
         first_day, last_day, n_days = days[0], days[-1], len(days)
     seconds = time.monotonic() - started
     entry = (run_id, now, mode, reason, plan.version, n_days, first_day, last_day, seconds)
@@ -160,12 +179,12 @@ def refresh_daily(
 
 
 def _replace_days(store: TableStore, fresh: DataFrame, days: list[date]) -> None:
-    """Replace the re-aggregated days' partitions: rows of those days not re-created disappear.
+    """Replace the re-aggregated days' rows: rows of those days not re-created disappear.
 
-    A partition-predicate ``replaceWhere`` drops those days' files from the metadata alone,
-    where a MERGE that deletes unmatched target rows would scan the whole table.
+    The month predicate confines the ``replaceWhere`` to those months' files (partition
+    pruning), where a MERGE that deletes unmatched target rows would scan the whole table.
     """
-    store.replace(Table.CUSTOMER_DAILY, fresh, where_in("day", days))
+    store.replace(Table.CUSTOMER_DAILY, fresh, where_in(DAILY_MONTH, months_of(days)) & where_in("day", days))
 
 
 @dataclass(frozen=True)

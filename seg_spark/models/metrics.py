@@ -1,11 +1,16 @@
-"""Internal quality of a clustering, computed in Spark: only per-segment summaries reach the driver.
+"""Internal quality of a clustering, computed on the driver from a bounded labelled sample.
 
-* silhouette: Spark's ``ClusteringEvaluator`` (squared Euclidean distances, as scikit-learn's
-  ``silhouette_score(metric="sqeuclidean")``);
-* WSSSE, Calinski-Harabasz and Davies-Bouldin: from one aggregation per segment (count,
-  sum vector, sum of squared norms), then one more for the mean distance to the centroid;
-* GMM log-likelihood and BIC: each row's mixture density from the fitted Gaussians, summed
-  in Spark (the Gaussians' Cholesky factors are computed on the driver: k small d x d matrices).
+Model selection scores every candidate on the same sample (at most ``model.selection.
+sample_rows`` customers), so one Spark job per candidate brings the sample's vectors and
+labels to the driver (Arrow) and every metric is exact numpy arithmetic on them:
+
+* WSSSE and Calinski-Harabasz from per-segment sufficient statistics (count, sum vector,
+  sum of squared norms);
+* silhouette with squared Euclidean distances in closed form from the same statistics
+  (Spark's ``ClusteringEvaluator``, equal to scikit-learn's ``silhouette_score(metric="sqeuclidean")``),
+  O(n k d) rather than O(n^2);
+* Davies-Bouldin from each segment's mean distance to its centroid;
+* GMM log-likelihood and BIC from the fitted Gaussians (Cholesky factors, log-sum-exp).
 
 Centroids are the means of the rows given each label (scikit-learn's definition), not the
 model's centres, which K-Means computes one step earlier.
@@ -18,10 +23,34 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from pyspark.ml.evaluation import ClusteringEvaluator
 from pyspark.ml.functions import vector_to_array
-from pyspark.sql import Column, DataFrame
+from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
+
+
+@dataclass(frozen=True)
+class LabelledSample:
+    """Vectors and their segment labels, on the driver (bounded: the selection sample)."""
+
+    x: np.ndarray  # (n, d)
+    labels: np.ndarray  # (n,) int
+
+
+def collect_labelled(scored: DataFrame, features_col: str, label_col: str, dimension: int) -> LabelledSample:
+    """Bring a bounded scored sample to the driver in one Arrow transfer.
+
+    Args:
+        scored: Rows with a vector column and an integer label (at most the selection sample).
+        features_col: The vector column.
+        label_col: The label column.
+        dimension: The vectors' length.
+    """
+    table = scored.select(
+        vector_to_array(F.col(features_col)).alias("x"), F.col(label_col).cast("long").alias("label")
+    ).toArrow()
+    labels = table.column("label").to_numpy()
+    values = table.column("x").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    return LabelledSample(x=np.asarray(values, dtype=float).reshape(len(labels), dimension), labels=labels)
 
 
 @dataclass(frozen=True)
@@ -44,47 +73,15 @@ class SegmentSummary:
         return self.sums / self.counts[:, None]
 
 
-def _array(features_col: str) -> Column:
-    return vector_to_array(F.col(features_col))
-
-
-def _dot(left: Column, right: Column) -> Column:
-    return F.aggregate(F.zip_with(left, right, lambda a, b: a * b), F.lit(0.0), lambda acc, v: acc + v)
-
-
-def _literal(values: Sequence[float]) -> Column:
-    return F.array(*[F.lit(float(v)) for v in values])
-
-
-def segment_summary(scored: DataFrame, features_col: str, label_col: str, dimension: int) -> SegmentSummary:
-    """Count, sum vector and sum of squared norms per segment, in one aggregation.
-
-    Args:
-        scored: Rows with a vector column and an integer label column.
-        features_col: The vector column (the model's input space).
-        label_col: The segment label.
-        dimension: The vectors' length.
-    """
-    x = _array(features_col)
-    rows = (
-        scored.select(F.col(label_col).alias("label"), x.alias("x"))
-        .groupBy("label")
-        .agg(
-            F.count(F.lit(1)).alias("n"),
-            *[F.sum(F.col("x")[i]).alias(f"s{i}") for i in range(dimension)],
-            F.sum(_dot(F.col("x"), F.col("x"))).alias("q"),
-        )
-        .orderBy("label")
-        .collect()
-    )
-    return SegmentSummary(
-        labels=tuple(int(r["label"]) for r in rows),
-        counts=np.array([r["n"] for r in rows], dtype=float),
-        sums=np.array([[r[f"s{i}"] for i in range(dimension)] for r in rows], dtype=float).reshape(
-            len(rows), dimension
-        ),
-        squared_norms=np.array([r["q"] for r in rows], dtype=float),
-    )
+def segment_summary(sample: LabelledSample) -> SegmentSummary:
+    """Count, sum vector and sum of squared norms per segment (labels sorted)."""
+    labels, index = np.unique(sample.labels, return_inverse=True)
+    k = len(labels)
+    counts = np.bincount(index, minlength=k).astype(float)
+    sums = np.zeros((k, sample.x.shape[1]))
+    np.add.at(sums, index, sample.x)
+    squared_norms = np.bincount(index, weights=(sample.x**2).sum(axis=1), minlength=k)
+    return SegmentSummary(labels=tuple(int(v) for v in labels), counts=counts, sums=sums, squared_norms=squared_norms)
 
 
 def within_sum_of_squares(summary: SegmentSummary) -> float:
@@ -104,32 +101,22 @@ def calinski_harabasz(summary: SegmentSummary) -> float:
     return 1.0 if within == 0 else between * (n - k) / (within * (k - 1))
 
 
-def mean_centroid_distances(
-    scored: DataFrame, features_col: str, label_col: str, summary: SegmentSummary
-) -> np.ndarray:
-    """Each segment's mean Euclidean distance of its rows to its centroid (one aggregation)."""
-    index = {label: i for i, label in enumerate(summary.labels)}
-    centroid = F.lit(None).cast("array<double>")
-    for label, i in index.items():
-        centroid = F.when(F.col(label_col) == label, _literal(summary.centroids[i])).otherwise(centroid)
-    difference = F.zip_with(_array(features_col), centroid, lambda a, b: a - b)
-    rows = (
-        scored.select(F.col(label_col).alias("label"), F.sqrt(_dot(difference, difference)).alias("distance"))
-        .groupBy("label")
-        .agg(F.avg("distance").alias("mean"))
-        .collect()
-    )
-    means = np.zeros(len(index))
-    for r in rows:
-        means[index[int(r["label"])]] = r["mean"]
-    return means
+def _segment_index(sample: LabelledSample, summary: SegmentSummary) -> np.ndarray:
+    return np.searchsorted(np.asarray(summary.labels), sample.labels)
 
 
-def davies_bouldin(scored: DataFrame, features_col: str, label_col: str, summary: SegmentSummary) -> float:
+def mean_centroid_distances(sample: LabelledSample, summary: SegmentSummary) -> np.ndarray:
+    """Each segment's mean Euclidean distance of its rows to its centroid."""
+    index = _segment_index(sample, summary)
+    distances = np.sqrt(((sample.x - summary.centroids[index]) ** 2).sum(axis=1))
+    return np.bincount(index, weights=distances, minlength=len(summary.labels)) / summary.counts
+
+
+def davies_bouldin(sample: LabelledSample, summary: SegmentSummary) -> float:
     """Mean over segments of the worst (spread_i + spread_j) / centroid distance (lower is better)."""
     if len(summary.labels) < 2:
         return float("nan")
-    spread = mean_centroid_distances(scored, features_col, label_col, summary)
+    spread = mean_centroid_distances(sample, summary)
     centroids = summary.centroids
     distances = np.sqrt(((centroids[:, None, :] - centroids[None, :, :]) ** 2).sum(axis=2))
     if np.allclose(spread, 0) or np.allclose(distances, 0):
@@ -138,24 +125,41 @@ def davies_bouldin(scored: DataFrame, features_col: str, label_col: str, summary
     return float(np.max((spread[:, None] + spread[None, :]) / distances, axis=1).mean())
 
 
-def silhouette(scored: DataFrame, features_col: str, label_col: str) -> float:
-    """Mean silhouette with squared Euclidean distances (Spark's ClusteringEvaluator)."""
-    evaluator = ClusteringEvaluator(
-        featuresCol=features_col, predictionCol=label_col, metricName="silhouette", distanceMeasure="squaredEuclidean"
-    )
-    return float(evaluator.evaluate(scored))
+def silhouette(sample: LabelledSample, summary: SegmentSummary) -> float:
+    """Mean silhouette with squared Euclidean distances, in closed form (Spark's ``ClusteringEvaluator``).
+
+    A row's mean squared distance to the rows of segment c is
+    ``|x|^2 + Q_c / n_c - 2 x . S_c / n_c``; its own segment's mean excludes the row itself
+    (times ``n_c / (n_c - 1)``), and a row alone in its segment scores 0.
+    """
+    if len(summary.labels) < 2:
+        return float("nan")
+    x = sample.x
+    own = _segment_index(sample, summary)
+    counts = summary.counts
+    mean_sq = (x**2).sum(axis=1)[:, None] + summary.squared_norms / counts - 2.0 * (x @ summary.sums.T) / counts
+    mean_sq = np.maximum(mean_sq, 0.0)
+    rows = np.arange(len(own))
+    size = counts[own]
+    a = mean_sq[rows, own] * size / np.maximum(size - 1, 1)
+    mean_sq[rows, own] = np.inf
+    b = mean_sq.min(axis=1)
+    larger = np.maximum(a, b)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        s = np.where(larger > 0, (b - a) / larger, 0.0)
+    return float(np.where(size > 1, s, 0.0).mean())
 
 
 def gaussian_log_likelihood(
-    data: DataFrame, features_col: str, weights: Sequence[float], means: np.ndarray, covariances: np.ndarray
+    sample: LabelledSample, weights: Sequence[float], means: np.ndarray, covariances: np.ndarray
 ) -> float:
-    """Total log-likelihood of the rows under a Gaussian mixture, summed in Spark.
+    """Total log-likelihood of the sample's rows under a Gaussian mixture.
 
     Returns:
         The log-likelihood, or -inf when a component's covariance is not positive definite
         (a collapsed component).
     """
-    x = _array(features_col)
+    x = sample.x
     d = means.shape[1]
     terms = []
     for weight, mean, covariance in zip(weights, means, covariances, strict=True):
@@ -164,19 +168,12 @@ def gaussian_log_likelihood(
         except np.linalg.LinAlgError:
             return float("-inf")
         # Quadratic form (x - mu)' S^-1 (x - mu) = ||L^-1 (x - mu)||^2 with S = L L'.
-        solve = np.linalg.inv(lower)
-        centred = F.zip_with(x, _literal(mean), lambda a, b: a - b)
-        z = [_dot(_literal(row), centred) for row in solve]
-        quadratic = sum((zi * zi for zi in z), F.lit(0.0))
+        z = np.linalg.solve(lower, (x - mean).T)
         constant = math.log(weight) - 0.5 * d * math.log(2 * math.pi) - float(np.log(np.diag(lower)).sum())
-        terms.append(F.lit(constant) - 0.5 * quadratic)
-    top = F.greatest(*terms) if len(terms) > 1 else terms[0]
-    log_density = top + F.log(sum((F.exp(t - top) for t in terms), F.lit(0.0)))
-    row = data.select(F.sum(log_density)).first()
-    if row is None:  # a global aggregation always has exactly one row
-        raise RuntimeError("the log-likelihood aggregation returned no row")
-    total = row[0]
-    return float("-inf") if total is None else float(total)
+        terms.append(constant - 0.5 * (z**2).sum(axis=0))
+    stacked = np.vstack(terms)
+    top = stacked.max(axis=0)
+    return float((top + np.log(np.exp(stacked - top).sum(axis=0))).sum())
 
 
 def mixture_parameter_count(k: int, d: int) -> int:

@@ -121,19 +121,22 @@ def stratified_sample(vectors: DataFrame, rows: int, strata: int, seed: int) -> 
 
 
 def evaluate(model: Model, sample: DataFrame, dimension: int) -> tuple[dict[str, float], dict[int, int]]:
-    """Selection metrics of a fitted model on the sample, and the sample's segment sizes."""
-    scored = model.transform(sample).select(FEATURES_COL, clustering.SEGMENT_COL)
-    summary = metrics.segment_summary(scored, FEATURES_COL, clustering.SEGMENT_COL, dimension)
+    """Selection metrics of a fitted model on the (bounded) sample, and the sample's segment sizes.
+
+    One Spark job labels the sample and brings it to the driver; the metrics are numpy there.
+    """
+    labelled = metrics.collect_labelled(model.transform(sample), FEATURES_COL, clustering.SEGMENT_COL, dimension)
+    summary = metrics.segment_summary(labelled)
     values = {
         "wssse": metrics.within_sum_of_squares(summary),
         "calinski_harabasz": metrics.calinski_harabasz(summary),
     }
     if len(summary.labels) >= 2:
-        values["silhouette"] = metrics.silhouette(scored, FEATURES_COL, clustering.SEGMENT_COL)
-        values["davies_bouldin"] = metrics.davies_bouldin(scored, FEATURES_COL, clustering.SEGMENT_COL, summary)
+        values["silhouette"] = metrics.silhouette(labelled, summary)
+        values["davies_bouldin"] = metrics.davies_bouldin(labelled, summary)
     if isinstance(model, GaussianMixtureModel):
         weights, means, covariances = clustering.gaussian_parameters(model)
-        ll = metrics.gaussian_log_likelihood(sample, FEATURES_COL, weights, means, covariances)
+        ll = metrics.gaussian_log_likelihood(labelled, weights, means, covariances)
         values["log_likelihood"] = ll
         values["bic"] = metrics.bic(ll, len(weights), dimension, summary.n)
     sizes = dict(zip(summary.labels, summary.counts.astype(int).tolist(), strict=True))
@@ -280,8 +283,9 @@ def segment(spark: SparkSession, data: DataFrame, features: Sequence[str], setti
     sample = vectors
     try:
         dimension = _dimension(vectors)
-        if selection.enabled or bootstraps:
-            sample = stratified_sample(vectors, selection.sample_rows, selection.strata, settings.seed)
+        # Every metric is computed on this bounded sample (on the driver), selection or not.
+        sample = stratified_sample(vectors, selection.sample_rows, selection.strata, settings.seed)
+        if sample is not vectors:
             sample = sample.persist(StorageLevel.MEMORY_AND_DISK)
         sample_rows = sample.count()
         candidates: list[Candidate] = []

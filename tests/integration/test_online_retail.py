@@ -56,6 +56,8 @@ def result(spark, tmp_path_factory):
             "model.selection.enabled=false",
             "model.k=4",
             "model.stability.bootstraps=0",
+            # Product groups on these descriptions are tested in test_product_groups.py.
+            "features.product_groups.enabled=never",
         ],
     )
     return run_pipeline(spark, settings)

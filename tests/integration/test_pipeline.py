@@ -62,7 +62,7 @@ def test_segments_table_carries_lineage_and_recovers_planted_archetypes(spark, e
         "model_name",
         "model_version",
     ]
-    # The sweep (k = 2..10, best silhouette) finds the six planted archetypes (within one).
+    # The sweep (k = 4..8, best silhouette) finds the six planted archetypes (within one).
     assert abs(segment.k - 6) <= 1 and segments.select("segment_id").distinct().count() == segment.k
     lineage = segments.select("algorithm", "as_of_date", "run_id", "model_name", "model_version").distinct().collect()
     assert lineage == [("kmeans", E2E_END, E2E_RUN, "seg-spark-segments", segment.model_version)]
@@ -109,9 +109,9 @@ def test_mlflow_run_has_config_metrics_and_a_loadable_model(spark, e2e, e2e_root
     children = client.search_runs(
         [run.info.experiment_id], f"tags.mlflow.parentRunId = '{e2e.mlflow_run_id}'", max_results=50
     )
-    assert sorted(int(c.data.params["k"]) for c in children) == list(range(2, 11))
+    assert sorted(int(c.data.params["k"]) for c in children) == list(range(4, 9))
     candidates = spark.read.format("delta").load(e2e.tables["model_selection"]).filter(f"run_id = '{E2E_RUN}'")
-    assert candidates.count() == 9
+    assert candidates.count() == 5
     chosen = candidates.filter("chosen").collect()
     assert [(r.algorithm, r.k, r.rule) for r in chosen] == [("kmeans", segment.k, "silhouette")]
     by_k = {c.data.params["k"]: c.data.metrics for c in children}

@@ -79,7 +79,7 @@ def test_incremental_refreshes_equal_a_full_recompute(spark, lines, tmp_path):
     settings = FeatureSettings()
 
     def append(batch: DataFrame) -> store.RefreshResult:
-        tables.append(Table.TRANSACTIONS_CLEAN, store.with_tx_date(batch), partition_by=[store.TX_DATE])
+        tables.append(Table.TRANSACTIONS_CLEAN, store.with_tx_date(batch), partition_by=[store.TX_MONTH])
         tables.enable_change_feed(Table.TRANSACTIONS_CLEAN)
         return store.refresh_daily(tables, refresh="incremental", run_id="t", now=NOW)
 
@@ -110,7 +110,7 @@ def test_incremental_refreshes_equal_a_full_recompute(spark, lines, tmp_path):
     assert features_as_of(AS_OF - timedelta(days=3))[1].reason.startswith("as-of date")
     # ... and the daily table itself equals one built from scratch.
     scratch = table_store(spark, tmp_path / "scratch")
-    scratch.overwrite(Table.TRANSACTIONS_CLEAN, tables.read(Table.TRANSACTIONS_CLEAN), partition_by=[store.TX_DATE])
+    scratch.overwrite(Table.TRANSACTIONS_CLEAN, tables.read(Table.TRANSACTIONS_CLEAN), partition_by=[store.TX_MONTH])
     store.refresh_daily(scratch, refresh="full", run_id="t", now=NOW)
     assert_exactly_equal(
         tables.read(Table.CUSTOMER_DAILY).drop("category_spend", "channel_orders"),
@@ -149,7 +149,7 @@ def test_advancing_the_state_equals_building_it(lines):
 def test_a_replaced_snapshot_triggers_a_full_refresh(spark, lines, tmp_path):
     tables = table_store(spark, tmp_path)
     for _ in range(2):
-        tables.overwrite(Table.TRANSACTIONS_CLEAN, store.with_tx_date(lines), partition_by=[store.TX_DATE])
+        tables.overwrite(Table.TRANSACTIONS_CLEAN, store.with_tx_date(lines), partition_by=[store.TX_MONTH])
         tables.enable_change_feed(Table.TRANSACTIONS_CLEAN)
         result = store.refresh_daily(tables, refresh="incremental", run_id="t", now=NOW)
     assert result.mode == "full" and "replaced" in result.reason

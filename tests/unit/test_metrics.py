@@ -1,4 +1,4 @@
-"""Selection and validity metrics computed in Spark equal scikit-learn's on the same data (1e-6)."""
+"""Selection metrics (numpy, driver) and validity metrics (Spark) equal scikit-learn's on the same data (1e-6)."""
 
 import numpy as np
 import pytest
@@ -40,17 +40,29 @@ def scored(spark, blobs):
 
 def test_internal_metrics_match_scikit_learn(scored, blobs):
     points, _, noisy = blobs
-    summary = m.segment_summary(scored, "features", "segment_id", 4)
+    # The sample reaches the driver through Arrow: the same rows, whatever their order.
+    sample = m.collect_labelled(scored, "features", "segment_id", 4)
+    order = np.lexsort(sample.x.T)
+    expected_order = np.lexsort(points.T)
+    assert np.array_equal(sample.x[order], points[expected_order])
+    assert np.array_equal(sample.labels[order], noisy[expected_order])
+    summary = m.segment_summary(sample)
     centroids = np.array([points[noisy == j].mean(axis=0) for j in range(3)])
     expected_wssse = sum(((points[noisy == j] - centroids[j]) ** 2).sum() for j in range(3))
     assert m.within_sum_of_squares(summary) == pytest.approx(expected_wssse, rel=TOLERANCE)
     assert m.calinski_harabasz(summary) == pytest.approx(skm.calinski_harabasz_score(points, noisy), rel=TOLERANCE)
-    assert m.davies_bouldin(scored, "features", "segment_id", summary) == pytest.approx(
-        skm.davies_bouldin_score(points, noisy), rel=TOLERANCE
-    )
-    assert m.silhouette(scored, "features", "segment_id") == pytest.approx(
+    assert m.davies_bouldin(sample, summary) == pytest.approx(skm.davies_bouldin_score(points, noisy), rel=TOLERANCE)
+    assert m.silhouette(sample, summary) == pytest.approx(
         skm.silhouette_score(points, noisy, metric="sqeuclidean"), rel=TOLERANCE
     )
+
+
+def test_silhouette_scores_a_row_alone_in_its_segment_zero_as_scikit_learn_does():
+    points = np.array([[0.0, 0.0], [0.1, 0.0], [5.0, 5.0], [5.2, 5.1], [9.0, 0.0]])
+    labels = np.array([0, 0, 1, 1, 2])
+    sample = m.LabelledSample(x=points, labels=labels)
+    expected = skm.silhouette_score(points, labels, metric="sqeuclidean")
+    assert m.silhouette(sample, m.segment_summary(sample)) == pytest.approx(expected, rel=TOLERANCE)
 
 
 def test_external_validity_matches_scikit_learn(scored, blobs):
@@ -82,7 +94,9 @@ def test_gaussian_log_likelihood_and_bic_match_scikit_learn(spark, scored, blobs
     reference = SkGaussianMixture(n_components=3, covariance_type="full")
     reference.weights_, reference.means_, reference.covariances_ = np.array(weights), means, covariances
     reference.precisions_cholesky_ = _compute_precision_cholesky(covariances, "full")
-    log_likelihood = m.gaussian_log_likelihood(scored, "features", weights, means, covariances)
+    log_likelihood = m.gaussian_log_likelihood(
+        m.LabelledSample(points, np.zeros(len(points))), weights, means, covariances
+    )
     assert log_likelihood == pytest.approx(reference.score(points) * len(points), rel=TOLERANCE)
     assert m.bic(log_likelihood, 3, 4, len(points)) == pytest.approx(reference.bic(points), rel=TOLERANCE)
 

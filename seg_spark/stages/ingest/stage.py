@@ -1,6 +1,6 @@
 """Ingest: read every configured source, map, clean, quarantine, reconcile and profile it.
 
-Writes ``transactions_clean`` (by day, change data feed on), the quarantine and the
+Writes ``transactions_clean`` (by month, change data feed on), the quarantine and the
 data-quality rows of each source, and the cleaned side tables; then checks the quality
 thresholds, so a bad source stops the run before any feature or model is touched.
 """
@@ -16,7 +16,7 @@ from pyspark.sql import DataFrame
 from seg_spark import io, quality, synth
 from seg_spark.config import EventSourceSettings, ProfileSourceSettings
 from seg_spark.context import RunContext
-from seg_spark.features.store import TX_DATE, with_tx_date
+from seg_spark.features.store import TX_DATE, TX_MONTH, with_tx_date
 from seg_spark.privacy import pseudonym_key
 from seg_spark.stages import StageResult
 from seg_spark.tables import SIDE_TABLES, Predicate, Table, where
@@ -116,10 +116,16 @@ def _clean_side(
 
 
 def _write_transactions(ctx: RunContext, clean: DataFrame, *, mode: str) -> None:
-    """Write clean lines by day (replacing a snapshot or appending a batch) with the change feed on."""
+    """Write clean lines by month (replacing a snapshot or appending a batch) with the change feed on."""
     dated = with_tx_date(clean)
+    store = ctx.store
+    layout = store.partition_columns(Table.TRANSACTIONS_CLEAN)  # [] while there is no table
+    if mode == "append" and layout and layout != [TX_MONTH]:
+        # A table written by an earlier version (by day): rewrite it once by month, rows unchanged.
+        earlier = with_tx_date(store.read(Table.TRANSACTIONS_CLEAN).drop(TX_DATE))
+        store.overwrite(Table.TRANSACTIONS_CLEAN, earlier, partition_by=[TX_MONTH])
     if mode == "append":
-        ctx.store.append(Table.TRANSACTIONS_CLEAN, dated, partition_by=[TX_DATE])
+        store.append(Table.TRANSACTIONS_CLEAN, dated, partition_by=[TX_MONTH])
     else:
-        ctx.store.overwrite(Table.TRANSACTIONS_CLEAN, dated, partition_by=[TX_DATE])
+        store.overwrite(Table.TRANSACTIONS_CLEAN, dated, partition_by=[TX_MONTH])
     ctx.store.enable_change_feed(Table.TRANSACTIONS_CLEAN)
