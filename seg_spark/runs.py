@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 from datetime import date, datetime
 
 from seg_spark.clock import utc_now
-from seg_spark.tables import Predicate, Table, TableStore, where
+from seg_spark.tables import Table, TableStore, where
 
 RUNS_SCHEMA = (
     "run_id string, stage string, status string, as_of_date date, started_at timestamp, ended_at timestamp, "
@@ -39,10 +39,16 @@ class StageRecord:
 
 
 class RunManifest:
-    """Reads and writes ``pipeline_runs`` through the table store."""
+    """Reads and writes ``pipeline_runs`` through the table store.
+
+    A run's rows are read from the table once per process and then kept up to date with
+    this process's own writes (runs of one warehouse are sequential), so a stage's start
+    appends its row without reading the table first.
+    """
 
     def __init__(self, store: TableStore) -> None:
         self._store = store
+        self._runs: dict[str, dict[str, StageRecord]] = {}  # run id -> stage -> its row
 
     def write(self, record: StageRecord) -> None:
         """Insert or replace the row of (run id, stage)."""
@@ -60,16 +66,21 @@ class RunManifest:
             None if record.error is None else record.error[:_MAX_ERROR],
         )
         df = self._store.spark.createDataFrame([row], RUNS_SCHEMA)
-        slice_ = where(run_id=record.run_id, stage=record.stage)
-        if self._has_row(slice_):
-            self._store.replace(Table.PIPELINE_RUNS, df, slice_)
+        known = self._rows(record.run_id)
+        if record.stage in known:
+            self._store.replace(Table.PIPELINE_RUNS, df, where(run_id=record.run_id, stage=record.stage))
         else:  # an append commits without rewriting anything: a quarter of a replace's cost
             self._store.append(Table.PIPELINE_RUNS, df)
+        known[record.stage] = record
 
-    def _has_row(self, slice_: Predicate) -> bool:
-        if not self._store.exists(Table.PIPELINE_RUNS):
-            return False
-        return bool(self._store.read(Table.PIPELINE_RUNS).filter(slice_.column()).limit(1).collect())
+    def _rows(self, run_id: str) -> dict[str, StageRecord]:
+        """The run's rows by stage: read once, then kept current by ``write``."""
+        if run_id not in self._runs:
+            rows = []
+            if self._store.exists(Table.PIPELINE_RUNS):
+                rows = self._store.read(Table.PIPELINE_RUNS).filter(where(run_id=run_id).column()).collect()
+            self._runs[run_id] = {row["stage"]: StageRecord(**row.asDict()) for row in rows}
+        return self._runs[run_id]
 
     def started(self, run_id: str, stage: str, mlflow_run_id: str | None) -> StageRecord:
         """Record that a stage started; return the record to finish later."""
@@ -106,12 +117,7 @@ class RunManifest:
 
     def records(self, run_id: str) -> list[StageRecord]:
         """Every stage row of a run, in start order."""
-        if not self._store.exists(Table.PIPELINE_RUNS):
-            return []
-        rows = (
-            self._store.read(Table.PIPELINE_RUNS).filter(where(run_id=run_id).column()).orderBy("started_at").collect()
-        )
-        return [StageRecord(**row.asDict()) for row in rows]
+        return sorted(self._rows(run_id).values(), key=lambda r: r.started_at)
 
     def as_of_date(self, run_id: str) -> date | None:
         """The as-of date a run's stages recorded (the features stage sets it)."""
