@@ -8,7 +8,7 @@ and a stage started as its own process finds its run's as-of date and MLflow run
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 
 from seg_spark.clock import utc_now
 from seg_spark.tables import Table, TableStore, where
@@ -36,6 +36,14 @@ class StageRecord:
     rows_out: int | None = None
     mlflow_run_id: str | None = None
     error: str | None = None
+
+
+def _record(row: dict) -> StageRecord:
+    """A row read back: PySpark gives timestamps as naive local times; records hold aware UTC ones."""
+    for column in ("started_at", "ended_at"):
+        if row[column] is not None:
+            row[column] = row[column].astimezone(UTC)
+    return StageRecord(**row)
 
 
 class RunManifest:
@@ -79,7 +87,7 @@ class RunManifest:
             rows = []
             if self._store.exists(Table.PIPELINE_RUNS):
                 rows = self._store.read(Table.PIPELINE_RUNS).filter(where(run_id=run_id).column()).collect()
-            self._runs[run_id] = {row["stage"]: StageRecord(**row.asDict()) for row in rows}
+            self._runs[run_id] = {row["stage"]: _record(row.asDict()) for row in rows}
         return self._runs[run_id]
 
     def started(self, run_id: str, stage: str, mlflow_run_id: str | None) -> StageRecord:
@@ -144,7 +152,7 @@ class RunManifest:
         marked = []
         for row in rows:
             record = replace(
-                StageRecord(**row.asDict()),
+                _record(row.asDict()),
                 status=ABANDONED,
                 ended_at=utc_now(),
                 error=f"the stage's process ended without recording an outcome; found running when run {found_by} "

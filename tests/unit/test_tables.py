@@ -7,6 +7,7 @@ from pyspark.sql import functions as F
 
 from seg_spark.config import load_config
 from seg_spark.errors import ConfigError, StageInputError
+from seg_spark.runs import RunManifest
 from seg_spark.stages import STAGE_NAMES, ordered
 from seg_spark.tables import Predicate, Table, TableStore, sql_literal, where, where_in
 
@@ -63,3 +64,21 @@ def test_stages_are_named_and_run_in_pipeline_order():
     assert ordered(["segment", "ingest", "segment"]) == ("ingest", "segment")
     with pytest.raises(ConfigError, match="unknown stage"):
         ordered(["publish-everything"])
+
+
+def test_the_manifest_appends_a_new_stage_and_replaces_a_rerun_one_across_processes(store):
+    first = RunManifest(store)  # the process that ran ingest
+    started = first.started("r1", "ingest", None)
+    first.finished(started, as_of_date=date(2026, 1, 1), rows_in=10, rows_out=9)
+    later = RunManifest(store)  # another process, reading the run's rows from the table
+    later.started("r1", "features", "mlflow-1")
+    assert [(r.stage, r.status) for r in later.records("r1")] == [("ingest", "succeeded"), ("features", "running")]
+    assert later.as_of_date("r1") == date(2026, 1, 1)
+    rerun = later.started("r1", "ingest", "mlflow-1")  # the same stage again: its row is replaced
+    later.finished(rerun, as_of_date=date(2026, 1, 2), rows_in=11, rows_out=10)
+    rows = store.read(Table.PIPELINE_RUNS).orderBy("stage").collect()
+    assert [(r.stage, r.status, r.rows_in) for r in rows] == [
+        ("features", "running", None),
+        ("ingest", "succeeded", 11),
+    ]
+    assert RunManifest(store).as_of_date("r1") == date(2026, 1, 2)
