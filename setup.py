@@ -15,6 +15,7 @@ setup(
     long_description=(here / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["seg_spark", "seg_spark.*"]),
+    package_data={"seg_spark": ["log4j2.properties"]},
     python_requires=">=3.11,<3.13",  # datetime.UTC, enum.StrEnum
     # Ranges only: on a Databricks runtime the wheel must not replace the runtime's own
     # PySpark, Delta, MLflow, pandas or numpy. Exact versions for the local and CI

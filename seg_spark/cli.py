@@ -40,7 +40,13 @@ def _config_args(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="override one dotted key, e.g. --set model.k=8 (repeatable)",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warn", "error"],
+        default="info",
+        help="seg-spark's messages from this level; debug also shows Spark's own start-up and INFO output",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="the same as --log-level debug")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,7 +85,17 @@ def _settings(args: argparse.Namespace) -> Settings:
         overrides.append(f"run.run_id={args.run_id}")
     if getattr(args, "as_of", None):
         overrides.append(f"features.as_of_date={args.as_of}")
+    if _level(args) == logging.DEBUG:
+        overrides.append("spark.log_level=INFO")
     return load_config(paths, overrides)
+
+
+def _level(args: argparse.Namespace) -> int:
+    if args.verbose:
+        return logging.DEBUG
+    return {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING, "error": logging.ERROR}[
+        args.log_level
+    ]
 
 
 def _print_run(result: PipelineResult) -> None:
@@ -96,9 +112,17 @@ def _print_run(result: PipelineResult) -> None:
     print(f"  finished in {result.seconds:.1f}s")
 
 
+def _quiet_libraries() -> None:
+    """Libraries' own INFO chatter (MLflow sets its level when imported: call again after)."""
+    for noisy in ("py4j", "mlflow", "alembic", "urllib3"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+
+
 def _run(args: argparse.Namespace) -> int:
     from seg_spark.pipeline import run_pipeline
     from seg_spark.session import get_spark
+
+    _quiet_libraries()
 
     settings = _settings(args)
     preflight.check(settings)
@@ -132,12 +156,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``seg-spark`` console script; returns the exit code."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=_level(args),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-    for noisy in ("py4j", "mlflow", "alembic", "urllib3"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    _quiet_libraries()
     try:
         return {"run": _run, "generate": _generate}[args.command](args)
     except SegSparkError as exc:

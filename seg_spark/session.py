@@ -10,15 +10,19 @@ Two situations, told apart without guessing from paths:
   extension and catalog, UTC and ``spark.conf`` from config are set.
 * **Nothing is given** (a laptop, a test, a notebook): start the embedded default,
   ``local[*]`` with Delta Lake (JARs resolved from Maven Central on first use and cached
-  in the Ivy cache), AQE, shuffle partitions sized for the machine, UTC, UI off.
+  in the Ivy cache; the resolved list is remembered, so later starts load those files
+  without resolving again), AQE, shuffle partitions sized for the machine, UTC, UI off,
+  and seg-spark's log4j2 profile (no start-up notices; ``spark.log_level`` from the start).
 
 Everything set here can be overridden with ``spark.conf`` in config.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+from pathlib import Path
 
 from pyspark.sql import SparkSession
 
@@ -48,6 +52,9 @@ def embedded_conf(settings: SparkSettings, cores: int | None = None) -> dict[str
         A flat mapping of Spark configuration keys to values.
     """
     cores = cores or os.cpu_count() or 2
+    java_options = f"-Duser.timezone=UTC -Dseg_spark.log_level={settings.log_level}"
+    if settings.log_level.upper() not in ("INFO", "DEBUG", "TRACE", "ALL"):  # those want the notices too
+        java_options += f" -Dlog4j2.configurationFile={LOG4J_PROFILE}"
     conf = {
         **DELTA_SQL_CONF,
         "spark.sql.adaptive.enabled": "true",
@@ -55,7 +62,7 @@ def embedded_conf(settings: SparkSettings, cores: int | None = None) -> dict[str
         "spark.sql.shuffle.partitions": str(settings.shuffle_partitions or 4 * cores),
         "spark.default.parallelism": str(settings.shuffle_partitions or 4 * cores),
         "spark.sql.session.timeZone": "UTC",
-        "spark.driver.extraJavaOptions": "-Duser.timezone=UTC",
+        "spark.driver.extraJavaOptions": java_options,
         "spark.executor.extraJavaOptions": "-Duser.timezone=UTC",
         "spark.ui.enabled": "true" if settings.ui_enabled else "false",
         "spark.ui.showConsoleProgress": "false",
@@ -67,6 +74,38 @@ def embedded_conf(settings: SparkSettings, cores: int | None = None) -> dict[str
         conf["spark.driver.memory"] = settings.driver_memory
     conf.update(settings.conf)
     return conf
+
+
+LOG4J_PROFILE = Path(__file__).with_name("log4j2.properties")
+
+
+def _jar_cache(packages: str) -> Path:
+    """Where the local JAR files resolved for ``packages`` are remembered."""
+    home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return home / "seg-spark" / f"jars-{hashlib.sha256(packages.encode()).hexdigest()[:16]}.txt"
+
+
+def _cached_jars(packages: str) -> str | None:
+    """The JAR files resolved for ``packages`` by an earlier start, when they are all still there."""
+    try:
+        jars = _jar_cache(packages).read_text().strip()
+    except OSError:
+        return None
+    paths = [jar.removeprefix("file://") for jar in jars.split(",") if jar]
+    return jars if paths and all(Path(p).is_file() for p in paths) else None
+
+
+def _remember_jars(packages: str, spark: SparkSession) -> None:
+    """Record the JAR files Ivy resolved, so the next start skips resolving (and its output)."""
+    jars = spark.sparkContext.getConf().get("spark.jars")
+    if not jars:
+        return
+    cache = _jar_cache(packages)
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(jars)
+    except OSError as exc:  # a read-only home: resolve again next time
+        log.debug("could not remember the resolved JARs in %s: %s", cache, exc)
 
 
 def _delta_packages() -> str:
@@ -105,12 +144,19 @@ def get_spark(settings: SparkSettings | None = None) -> SparkSession:
     else:
         builder = builder.master(settings.master or "local[*]")
         conf = embedded_conf(settings)
-        if settings.delta_packages and "spark.jars.packages" not in settings.conf:
-            conf["spark.jars.packages"] = _delta_packages()
+        if settings.delta_packages and not {"spark.jars.packages", "spark.jars"} & set(settings.conf):
+            packages = _delta_packages()
+            cached = _cached_jars(packages)
+            if cached:
+                conf["spark.jars"] = cached
+            else:
+                conf["spark.jars.packages"] = packages
         where = f"embedded Spark ({settings.master or 'local[*]'})"
     for key, value in conf.items():
         builder = builder.config(key, value)
     log.info("starting %s", where)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(settings.log_level)
+    if "spark.jars.packages" in conf and "spark.jars.packages" not in settings.conf:
+        _remember_jars(conf["spark.jars.packages"], spark)
     return spark

@@ -1,5 +1,12 @@
 from seg_spark.config import SparkSettings
-from seg_spark.session import embedded_conf, get_spark, launched_by_spark_submit
+from seg_spark.session import (
+    LOG4J_PROFILE,
+    _cached_jars,
+    _jar_cache,
+    embedded_conf,
+    get_spark,
+    launched_by_spark_submit,
+)
 
 
 def test_embedded_defaults_are_sized_for_the_machine_and_overridable():
@@ -34,3 +41,26 @@ def test_an_active_session_is_reused_not_reconfigured(spark):
         assert spark.conf.get("spark.sql.catalog.spark_catalog").endswith("DeltaCatalog")
     finally:
         spark.conf.set("spark.sql.shuffle.partitions", "2")
+
+
+def test_the_quiet_log_profile_is_used_unless_spark_output_is_asked_for():
+    quiet = embedded_conf(SparkSettings(log_level="WARN"))["spark.driver.extraJavaOptions"]
+    assert f"-Dlog4j2.configurationFile={LOG4J_PROFILE}" in quiet and "-Dseg_spark.log_level=WARN" in quiet
+    assert LOG4J_PROFILE.is_file() and "seg_spark.log_level" in LOG4J_PROFILE.read_text()
+    chatty = embedded_conf(SparkSettings(log_level="INFO"))["spark.driver.extraJavaOptions"]
+    assert "log4j2.configurationFile" not in chatty and "-Duser.timezone=UTC" in chatty
+
+
+def test_resolved_jars_are_reused_only_while_every_file_is_there(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    jars = [tmp_path / "a.jar", tmp_path / "b.jar"]
+    for jar in jars:
+        jar.write_bytes(b"PK")
+    assert _cached_jars("io.delta:delta-spark_4.2_2.13:4.4.0") is None  # never resolved here
+    cache = _jar_cache("io.delta:delta-spark_4.2_2.13:4.4.0")
+    cache.parent.mkdir(parents=True)
+    cache.write_text(",".join(f"file://{jar}" for jar in jars))
+    assert _cached_jars("io.delta:delta-spark_4.2_2.13:4.4.0") == f"file://{jars[0]},file://{jars[1]}"
+    assert _cached_jars("io.delta:delta-spark_4.2_2.13:9.9.9") is None  # another version: resolve it
+    jars[1].unlink()  # e.g. the Ivy cache was cleared: resolve again
+    assert _cached_jars("io.delta:delta-spark_4.2_2.13:4.4.0") is None
