@@ -39,9 +39,40 @@ def _drop_class(line: str) -> str:
     return rest if sep and "." in head and " " not in head else line.lstrip(": ")
 
 
-def _csv_string_schema(spark: SparkSession, path: str, options: dict[str, str]) -> T.StructType:
-    """All columns of the CSV header at ``path`` as strings, plus the corrupt-record column."""
-    header = spark.read.options(**options).csv(path).columns
+OTHER_DELIMITERS = (";", "\t", "|", ",")
+PARQUET_MAGIC = "PAR1"
+
+
+def check_csv_header(header: list[str], where: str, path: str, options: dict[str, str]) -> None:
+    """Refuse a CSV header that shows the file is empty, uses another delimiter or is not text.
+
+    Raises:
+        SourceError: Naming what the header shows and the setting that fixes it.
+    """
+    if not header:
+        raise SourceError(
+            f"{where} at {path!r} is empty (no header line, no rows): check {where}.path points at the export, "
+            "not at a file still being written"
+        )
+    text = "".join(header)
+    if PARQUET_MAGIC in text[:8] or any(not (ch.isprintable() or ch == "\t") for ch in text):
+        raise SourceError(
+            f"{where} at {path!r} does not look like CSV: its first line holds binary bytes "
+            f"({text[:20]!r}...). Set {where}.format to the file's format (parquet, json or delta)"
+        )
+    sep = options.get("sep", options.get("delimiter", ","))
+    if len(header) == 1:
+        found = [d for d in OTHER_DELIMITERS if d != sep and d in header[0]]
+        if found:
+            shown = found[0].replace("\t", "\\t")  # as it is written in YAML
+            raise SourceError(
+                f"{where} at {path!r} has a single column {header[0][:80]!r} that contains '{shown}': the file "
+                f"looks '{shown}'-delimited. Set {where}.options.sep: \"{shown}\" in your YAML"
+            )
+
+
+def _csv_schema(header: list[str]) -> T.StructType:
+    """All columns of the CSV header as strings, plus the corrupt-record column."""
     return T.StructType(
         [T.StructField(c, T.StringType()) for c in header] + [T.StructField(CORRUPT_RECORD, T.StringType())]
     )
@@ -81,9 +112,11 @@ def read_source(spark: SparkSession, source: SourceBase, name: str) -> DataFrame
         if source.format == "csv":
             options.setdefault("header", "true")
             reader = spark.read.options(**options)
+            header = reader.csv(source.path).columns  # reads the first line only
+            check_csv_header(header, where, source.path, options)
             if source.on_malformed == "fail":
                 return reader.option("mode", "FAILFAST").csv(source.path)
-            schema = _csv_string_schema(spark, source.path, options)
+            schema = _csv_schema(header)
             return (
                 reader.schema(schema)
                 .option("mode", "PERMISSIVE")

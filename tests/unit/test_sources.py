@@ -176,6 +176,37 @@ def test_error_empty_source(spark, tmp_path):
     assert "header line is not the only line" in str(err.value)
 
 
+def test_error_zero_byte_file_says_empty(spark, tmp_path):
+    path = tmp_path / "export.csv"
+    path.write_bytes(b"")
+    with pytest.raises(SourceError) as err:
+        read_source(spark, _source(path, "csv"), "transactions")
+    assert str(err.value).startswith(f"sources.transactions at '{path}' is empty (no header line, no rows)")
+
+
+@pytest.mark.parametrize(("sep", "shown"), [(";", ";"), ("\t", "\\t"), ("|", "|")])
+def test_error_another_delimiter_suggests_options_sep(spark, tmp_path, sep, shown):
+    path = _csv(tmp_path / "export.csv", ROWS, sep=sep)
+    with pytest.raises(SourceError) as err:
+        read_source(spark, _source(path, "csv"), "transactions")
+    message = str(err.value)
+    assert f"has a single column {sep.join(HEADER)!r} that contains '{shown}'" in message
+    assert message.endswith(f'Set sources.transactions.options.sep: "{shown}" in your YAML')
+    # Told the right delimiter, the same file reads.
+    assert read_source(spark, _source(path, "csv", options={"sep": sep}), "transactions").columns[:2] == HEADER[:2]
+
+
+def test_error_parquet_configured_as_csv_suggests_format(spark, tmp_path, typed_frame):
+    folder = tmp_path / "export"
+    typed_frame.coalesce(1).write.parquet(str(folder))
+    (part,) = folder.glob("part-*.parquet")
+    with pytest.raises(SourceError) as err:
+        read_source(spark, _source(part, "csv"), "transactions")
+    message = str(err.value)
+    assert message.startswith(f"sources.transactions at '{part}' does not look like CSV: its first line holds binary")
+    assert message.endswith("Set sources.transactions.format to the file's format (parquet, json or delta)")
+
+
 def test_error_unreadable_file(spark, tmp_path):
     folder = tmp_path / "broken"
     folder.mkdir()
