@@ -721,7 +721,42 @@ def check_thresholds(result: IngestResult, thresholds: Thresholds) -> None:
             f"{where} ({counts.input_rows:,} rows) fails its quality thresholds; nothing was modelled. "
             "See the transactions_quarantine and data_quality tables for the rows and counts.\n  - "
             + "\n  - ".join(breaches)
+            + _top_rules(result)
         )
+
+
+def _rule_hints(where: str) -> dict[str, str]:
+    """The setting that usually fixes each rule's rows."""
+    return {
+        MALFORMED_RECORD: f"lines that do not parse: check {where}.format and {where}.options (sep, quote, encoding)",
+        MISSING_CUSTOMER_ID: f"check {where}.columns.customer_id; guest lines are expected in some logs "
+        "(then raise quality.thresholds.max_quarantined_share)",
+        INVALID_TIMESTAMP: f"set {where}.timestamp_format to the pattern of these values (e.g. dd/MM/yyyy HH:mm)",
+        FUTURE_TIMESTAMP: f"after quality.clock (default: now): day and month swapped? check {where}.timestamp_format, "
+        "or set quality.clock for a historical log",
+        BEFORE_MIN_TIMESTAMP: "before quality.min_timestamp: lower it for an older log",
+        INVALID_NUMBER: "numbers that do not parse (a decimal comma such as 1.234,56?): export them with a decimal "
+        "point",
+        MISSING_AMOUNT: f"map {where}.columns.amount, or quantity and unit_price",
+        NON_POSITIVE_PRICE: "zero or negative unit prices (free items, adjustments): expected in some logs",
+        NON_PRODUCT: "quality.non_product lists these products",
+    }
+
+
+def _top_rules(result: IngestResult, top: int = 3, samples: int = 3) -> str:
+    """The most frequent rules, each with sample original values and the setting that usually fixes them."""
+    where = f"sources.{result.source}"
+    ranked = sorted(result.counts.by_reason.items(), key=lambda item: (-item[1], item[0]))[:top]
+    if not ranked:
+        return ""
+    hints = _rule_hints(where)
+    lines = []
+    for rule, count in ranked:
+        rows = result.quarantine.filter(F.col("reason_code") == rule).select("raw_record").limit(samples).collect()
+        shown = "; ".join(str(r["raw_record"])[:160] for r in rows)
+        hint = hints.get(rule, "")
+        lines.append(f"{rule}: {count:,} rows, e.g. {shown}" + (f" -> {hint}" if hint else ""))
+    return "\nMost frequent rules:\n  - " + "\n  - ".join(lines)
 
 
 def quality_rows(spark: SparkSession, result: IngestResult, run_id: str) -> DataFrame:

@@ -261,5 +261,14 @@ def test_thresholds_stop_the_run_naming_every_breach(spark, result):
     assert "rule missing_customer_id quarantined 14.3% of input rows" in message
     assert "3 clean rows, fewer than quality.thresholds.min_clean_rows = 5" in message
     assert "nothing was modelled" in message
+    # The most frequent rules, each with sample original values and the setting that fixes them.
+    top = message.split("Most frequent rules:\n  - ")[1].split("\n  - ")
+    reasons = sorted(outcome.counts.by_reason.items(), key=lambda item: (-item[1], item[0]))[:3]
+    assert [line.split(":")[0] for line in top] == [rule for rule, _ in reasons]
+    first_rule, first_count = reasons[0]
+    samples = [r.raw_record for r in outcome.quarantine.filter(f"reason_code = '{first_rule}'").collect()]
+    assert top[0].startswith(f"{first_rule}: {first_count:,} rows, e.g. ")
+    assert any(sample[:160] in top[0] for sample in samples)
+    assert all(" -> " in line for line in top)
     with pytest.raises(QualityThresholdError, match="unknown rule"):
         check_thresholds(outcome, Thresholds(max_rule_share={"typo": 0.1}))
