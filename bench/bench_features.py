@@ -8,7 +8,7 @@ Generates a year of transactions (reused when already there), cleans them into a
 * full: aggregate every day into ``customer_daily``, build the per-customer running state
   from every daily row, and derive + write the as-of features;
 * incremental: after appending the last day, re-aggregate that day only (replacing its
-  partition), advance the state by that day (reading only the days entering and leaving the
+  rows in its month), advance the state by that day (reading only the days entering and leaving the
   windows), and derive + write the as-of features.
 
 Outside the timings, the incremental features are checked to equal a from-scratch derivation.
@@ -22,19 +22,20 @@ import argparse
 import logging
 import shutil
 import time
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 from delta.tables import DeltaTable
 from pyspark.sql import functions as F
 from record import record  # bench/record.py: the script's folder is on sys.path
 
-from seg_spark import io, quality
-from seg_spark.config import FeatureSettings, GeneratorSettings, QualitySettings, SourceSettings
+from seg_spark import quality
+from seg_spark.config import FeatureSettings, GeneratorSettings, QualitySettings, SourceSettings, load_config
 from seg_spark.features import store
 from seg_spark.features.behaviour import derive_features, features_from_state, mix_keys
 from seg_spark.session import get_spark
 from seg_spark.synth import write_generated
+from seg_spark.tables import Table, TableStore
 
 END = date(2026, 1, 1)
 
@@ -58,53 +59,52 @@ def main() -> None:
     logging.getLogger("py4j").setLevel(logging.WARNING)
     out = Path(args.out)
     spark = get_spark()
+    tables = TableStore(spark, load_config([], [f"storage.root={out}/warehouse"]))
 
     generated = out / "generated"
     if not (generated / "transactions").is_dir():
         generator = GeneratorSettings(customers=args.customers, days=args.days, end_date=END)
         write_generated(spark, generator, str(generated))
-    clean_path, daily, refresh_log, state_path, features_path, staged = (
-        str(out / t) for t in ("clean", "daily", "log", "state", "features", "new_day")
-    )
+    staged = str(out / "new_day")
     last_day = END - timedelta(days=1)
-    if not io.is_delta_table(spark, clean_path):
+    is_last_day = F.col(store.TX_DATE) == F.lit(last_day)
+    if not tables.exists(Table.TRANSACTIONS_CLEAN):
         raw = spark.read.parquet(str(generated / "transactions"))
         result = quality.ingest(
             raw, SourceSettings(), QualitySettings(clock=datetime(2026, 1, 1)), "bench", "transactions", None
         )
-        clean = store.with_tx_date(result.clean)
-        io.write_delta(clean, clean_path, partition_by=[store.TX_DATE])
+        tables.overwrite(Table.TRANSACTIONS_CLEAN, store.with_tx_date(result.clean), partition_by=[store.TX_MONTH])
         result.release()
-        io.enable_change_feed(spark, clean_path)
+        tables.enable_change_feed(Table.TRANSACTIONS_CLEAN)
         # The last day is held back (staged as Parquet) to be appended as the "new day".
-        io.read_delta(spark, clean_path).filter(F.col(store.TX_DATE) == F.lit(last_day)).write.mode(
-            "overwrite"
-        ).parquet(staged)
-        DeltaTable.forPath(spark, clean_path).delete(F.col(store.TX_DATE) == F.lit(last_day))
-    else:
-        # A rerun: put the clean table back to history only.
-        DeltaTable.forPath(spark, clean_path).delete(F.col(store.TX_DATE) == F.lit(last_day))
+        tables.read(Table.TRANSACTIONS_CLEAN).filter(is_last_day).write.mode("overwrite").parquet(staged)
+    # A rerun too: put the clean table back to history only.
+    DeltaTable.forPath(spark, tables.path(Table.TRANSACTIONS_CLEAN)).delete(is_last_day)
     held_back = spark.read.parquet(staged)
     day_rows = held_back.count()
-    history_rows = io.read_delta(spark, clean_path).count()
-    for stale in (daily, refresh_log, state_path, features_path):
-        shutil.rmtree(stale, ignore_errors=True)
+    history_rows = tables.read(Table.TRANSACTIONS_CLEAN).count()
+    for stale in (Table.CUSTOMER_DAILY, Table.FEATURE_REFRESH_LOG, Table.CUSTOMER_STATE, Table.CUSTOMER_FEATURES):
+        shutil.rmtree(tables.path(stale), ignore_errors=True)
     settings = FeatureSettings()
 
     states = []
 
     def refresh_and_derive(mode: str, as_of: date) -> None:
-        store.refresh_daily(spark, clean_path, daily, refresh_log, refresh=mode, run_id="bench")
-        state, done = store.refresh_state(spark, daily, state_path, refresh_log, as_of, settings)
+        store.refresh_daily(tables, refresh=mode, run_id="bench", now=datetime.now(UTC))
+        state, done = store.refresh_state(tables, as_of, settings)
         states.append(done.mode)
-        io.write_delta(features_from_state(state, as_of, settings, mix_keys(state, settings)), features_path)
+        tables.overwrite(
+            Table.CUSTOMER_FEATURES, features_from_state(state, as_of, settings, mix_keys(state, settings))
+        )
 
     full = timed("full recompute", lambda: refresh_and_derive("full", last_day))
-    append = timed("append the new day", lambda: io.append_delta(held_back, clean_path, partition_by=[store.TX_DATE]))
+    append = timed(
+        "append the new day", lambda: tables.append(Table.TRANSACTIONS_CLEAN, held_back, partition_by=[store.TX_MONTH])
+    )
     incremental = timed("incremental refresh", lambda: refresh_and_derive("incremental", END))
-    refreshed = io.read_delta(spark, refresh_log).orderBy(F.desc("refreshed_at")).first()
-    written = io.read_delta(spark, features_path)
-    scratch = derive_features(io.read_delta(spark, daily), END, settings).select(*written.columns)
+    refreshed = tables.read(Table.FEATURE_REFRESH_LOG).orderBy(F.desc("refreshed_at")).first()
+    written = tables.read(Table.CUSTOMER_FEATURES)
+    scratch = derive_features(tables.read(Table.CUSTOMER_DAILY), END, settings).select(*written.columns)
     identical = written.exceptAll(scratch).count() == 0 and scratch.exceptAll(written).count() == 0
     record(
         "features",

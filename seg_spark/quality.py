@@ -541,6 +541,16 @@ def ingest(
     )
     clean, quarantine = _split(source_name, flagged, CLEAN_SCHEMA, run_id)
     profile = transaction_profile(flagged, threshold)
+    undecoded = int(profile.get(("invalid_encoding", ""), 0) or 0)
+    if undecoded:
+        log.warning(
+            "sources.%s: %s rows hold characters that could not be decoded (shown as U+FFFD); the file is "
+            "probably not %s: set sources.%s.options.encoding (e.g. ISO-8859-1 or windows-1252)",
+            source_name,
+            f"{undecoded:,}",
+            source.options.get("encoding", source.options.get("charset", "UTF-8")),
+            source_name,
+        )
     return IngestResult(source_name, clean, quarantine, counts, profile, labelled)
 
 
@@ -553,6 +563,17 @@ def _outlier_threshold(labelled: DataFrame, quality: QualitySettings) -> float |
     if not quantiles or quantiles[0] is None or quantiles[0] <= 0:
         return None
     return float(quantiles[0]) * rule.multiplier
+
+
+REPLACEMENT_CHARACTER = "\ufffd"  # what a decoder writes for bytes it cannot decode
+
+
+def _replacement_rows(labelled: DataFrame) -> Column:
+    """Rows whose text holds the replacement character: bytes the configured encoding could not decode."""
+    text = [f.name for f in labelled.schema.fields if isinstance(f.dataType, T.StringType) and f.name != "reason_code"]
+    hit = [F.coalesce(F.col(c).contains(REPLACEMENT_CHARACTER), F.lit(False)) for c in text]
+    any_hit = hit[0] if len(hit) == 1 else F.greatest(*hit) if hit else F.lit(False)
+    return F.sum(any_hit.cast("long"))
 
 
 def transaction_profile(
@@ -573,6 +594,7 @@ def transaction_profile(
         F.countDistinct(F.when(clean, F.col("customer_id"))).alias("customers_clean"),
         F.sum((clean & F.col("is_outlier")).cast("long")).alias("outliers_flagged"),
         F.sum((clean & F.col("is_return")).cast("long")).alias("returns_kept"),
+        _replacement_rows(labelled).alias("invalid_encoding"),
     ]
     first = labelled.agg(*aggs).first()
     if first is None:  # a global aggregation always has exactly one row

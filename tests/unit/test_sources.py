@@ -74,6 +74,21 @@ def test_csv_with_delimiter_and_encoding(spark, tmp_path):
     assert counts.input_rows == 3
 
 
+def test_bytes_the_encoding_cannot_decode_are_counted_and_named(spark, tmp_path, caplog):
+    path = _csv(tmp_path / "latin1.csv", ROWS, encoding="ISO-8859-1")  # read as the default UTF-8
+    raw = read_source(spark, _source(path, "csv"), "transactions")
+    with caplog.at_level("WARNING", logger="seg_spark.quality"):
+        outcome = ingest(raw, _source(path, "csv"), QUALITY, run_id="t")
+    outcome.release()
+    assert outcome.profile[("invalid_encoding", "")] == 3  # Zürich twice, Genève once
+    assert "3 rows hold characters that could not be decoded" in caplog.text
+    assert "set sources.transactions.options.encoding (e.g. ISO-8859-1" in caplog.text
+    right = _source(path, "csv", options={"encoding": "ISO-8859-1"})
+    decoded = ingest(read_source(spark, right, "transactions"), right, QUALITY, run_id="t")
+    decoded.release()
+    assert decoded.profile[("invalid_encoding", "")] == 0
+
+
 def test_csv_glob_of_files(spark, tmp_path):
     folder = tmp_path / "daily"
     folder.mkdir()
