@@ -40,7 +40,9 @@ def main() -> None:
     args = parser.parse_args()
     spark = get_spark(SparkSettings())
     lines = spark.read.format("delta").load(f"{args.warehouse}/transactions_clean").drop("tx_date", "tx_month")
-    lines = lines.localCheckpoint()
+    # Spread the rows over partitions as the ingest's deduplicating shuffle leaves them
+    # (the table's own files are already grouped by month).
+    lines = lines.repartition(spark.sparkContext.defaultParallelism).localCheckpoint()
     dated = lines.withColumn("tx_date", F.to_date("ts")).withColumn("tx_month", F.trunc("ts", "month"))
     rows = lines.count()
     print(f"{rows:,} lines in {lines.rdd.getNumPartitions()} partitions")
