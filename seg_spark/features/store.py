@@ -9,7 +9,7 @@ by ``month``).
 
 Both tables are partitioned by month, not by day: a day holds a few thousand lines below
 billions of rows a year, and one partition per day meant thousands of tiny files per
-version, which cost ten times the write itself (``bench/README.md``).
+version, which made the write 15-20 times slower (``bench/README.md``, ``bench_layout.py``).
 
 The as-of features come from ``customer_state``, one row per customer, which is advanced
 from its previous as-of date by reading only the days entering and leaving the windows
