@@ -162,6 +162,17 @@ def test_cli_run_id_and_as_of_become_validated_settings():
         _settings(build_parser().parse_args(["run", "--config", str(CONF / "local.yaml"), "--run-id", "a'b"]))
 
 
+def test_cli_log_level_debug_also_opens_spark_output():
+    from seg_spark.cli import _settings, build_parser
+
+    def spark_level(*flags: str) -> str:
+        args = build_parser().parse_args(["run", "--config", str(CONF / "local.yaml"), *flags])
+        return _settings(args).spark.log_level
+
+    assert spark_level() == spark_level("--log-level", "warn") == "WARN"  # base.yaml's level
+    assert spark_level("--log-level", "debug") == spark_level("-v") == "INFO"
+
+
 def test_an_unset_environment_variable_is_named_not_used_as_a_path(tmp_path, monkeypatch):
     monkeypatch.delenv("DATA_DIR", raising=False)
     monkeypatch.setenv("LAKE", "/mnt/lake")
