@@ -571,8 +571,9 @@ REPLACEMENT_CHARACTER = "\ufffd"  # what a decoder writes for bytes it cannot de
 def _replacement_rows(labelled: DataFrame) -> Column:
     """Rows whose text holds the replacement character: bytes the configured encoding could not decode."""
     text = [f.name for f in labelled.schema.fields if isinstance(f.dataType, T.StringType) and f.name != "reason_code"]
-    hit = [F.coalesce(F.col(c).contains(REPLACEMENT_CHARACTER), F.lit(False)) for c in text]
-    any_hit = hit[0] if len(hit) == 1 else F.greatest(*hit) if hit else F.lit(False)
+    any_hit = F.lit(False)
+    for column in text:
+        any_hit = any_hit | F.coalesce(F.col(column).contains(REPLACEMENT_CHARACTER), F.lit(False))
     return F.sum(any_hit.cast("long"))
 
 

@@ -119,13 +119,13 @@ def _write_transactions(ctx: RunContext, clean: DataFrame, *, mode: str) -> None
     """Write clean lines by month (replacing a snapshot or appending a batch) with the change feed on."""
     dated = with_tx_date(clean)
     store = ctx.store
-    layout = store.partition_columns(Table.TRANSACTIONS_CLEAN)  # [] while there is no table
-    if mode == "append" and layout and layout != [TX_MONTH]:
-        # A table written by an earlier version (by day): rewrite it once by month, rows unchanged.
-        earlier = with_tx_date(store.read(Table.TRANSACTIONS_CLEAN).drop(TX_DATE))
-        store.overwrite(Table.TRANSACTIONS_CLEAN, earlier, partition_by=[TX_MONTH])
     if mode == "append":
+        # A table written by an earlier version (by day) is rewritten once by month, rows unchanged;
+        # a snapshot replaces the whole table anyway. [] is no table yet.
+        if store.partition_columns(Table.TRANSACTIONS_CLEAN) not in ([], [TX_MONTH]):
+            earlier = with_tx_date(store.read(Table.TRANSACTIONS_CLEAN).drop(TX_DATE))
+            store.overwrite(Table.TRANSACTIONS_CLEAN, earlier, partition_by=[TX_MONTH])
         store.append(Table.TRANSACTIONS_CLEAN, dated, partition_by=[TX_MONTH])
     else:
         store.overwrite(Table.TRANSACTIONS_CLEAN, dated, partition_by=[TX_MONTH])
-    ctx.store.enable_change_feed(Table.TRANSACTIONS_CLEAN)
+    store.enable_change_feed(Table.TRANSACTIONS_CLEAN)
