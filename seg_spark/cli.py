@@ -66,6 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--run-id", help="the run's id (shared by the stages of one run started as separate processes)")
     run.add_argument("--as-of", metavar="YYYY-MM-DD", help="as-of date of the features (sets features.as_of_date)")
 
+    maintain = sub.add_parser(
+        "maintain", help="compact every table and delete files older than storage.retention_hours"
+    )
+    _config_args(maintain)
+
     gen = sub.add_parser("generate", help="write a synthetic transaction log with planted archetypes")
     _config_args(gen)
     gen.add_argument("--customers", type=int, help="number of customers (default from config)")
@@ -131,6 +136,23 @@ def _run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _maintain(args: argparse.Namespace) -> int:
+    from seg_spark.maintenance import maintain
+    from seg_spark.session import get_spark
+    from seg_spark.tables import TableStore
+
+    settings = _settings(args)
+    preflight.check(settings)
+    store = TableStore(get_spark(settings.spark), settings)
+    done = maintain(store, settings.storage.retention_hours)
+    print(f"seg-spark maintain {settings.storage.root} (retention {settings.storage.retention_hours:g} h):")
+    for table in done:
+        print(f"  {table.report()}")
+    if not done:
+        print("  no table yet")
+    return EXIT_OK
+
+
 def _generate(args: argparse.Namespace) -> int:
     from seg_spark.session import get_spark
     from seg_spark.synth import write_generated
@@ -162,7 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     _quiet_libraries()
     try:
-        return {"run": _run, "generate": _generate}[args.command](args)
+        return {"run": _run, "maintain": _maintain, "generate": _generate}[args.command](args)
     except SegSparkError as exc:
         print(f"seg-spark: {exc}", file=sys.stderr)
         return exc.exit_code

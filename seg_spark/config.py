@@ -79,6 +79,15 @@ class StorageSettings(_Strict):
         description="When set, tables are also registered in this catalog database "
         "so SQL consumers can query them by name.",
     )
+    retention_hours: int = Field(
+        default=168,
+        ge=0,
+        description="seg-spark maintain deletes files no version younger than this needs "
+        "(time travel reaches back this far; Delta's default is 168).",
+    )
+    maintain_after_run: bool = Field(
+        default=False, description="Compact and vacuum every table after each successful run."
+    )
 
 
 class TableNames(_Strict):

@@ -14,6 +14,7 @@ from pyspark.sql import SparkSession
 
 from seg_spark.config import Settings
 from seg_spark.context import RunContext
+from seg_spark.maintenance import maintain
 from seg_spark.runs import StageRecord
 from seg_spark.stages import StageResult, entry_point, ordered
 from seg_spark.tables import Table
@@ -57,6 +58,8 @@ def run_pipeline(spark: SparkSession, settings: Settings, stages: Sequence[str] 
         for step, name in enumerate(names, start=1):
             log.info("[%d/%d] %s (run %s)", step, len(names), name, ctx.run_id)
             results[name] = run_stage(ctx, name)
+    if settings.storage.maintain_after_run:
+        maintain(ctx.store, settings.storage.retention_hours)
     tables = {t.value: ctx.store.path(t) for r in results.values() for t in r.tables}
     return PipelineResult(
         run_id=ctx.run_id,

@@ -69,6 +69,9 @@ def embedded_conf(settings: SparkSettings, cores: int | None = None) -> dict[str
         # Delta's small metadata tables do not need a 200-partition shuffle per commit.
         "spark.databricks.delta.snapshotPartitions": "2",
         "spark.sql.sources.partitionOverwriteMode": "dynamic",
+        # Spark lists folders (VACUUM, partition discovery) with up to 10,000 tasks by default:
+        # a VACUUM of a 4-file table took 25 s here, 3.5 s with a task or four per core.
+        "spark.sql.sources.parallelPartitionDiscovery.parallelism": str(4 * cores),
     }
     if settings.driver_memory:
         conf["spark.driver.memory"] = settings.driver_memory

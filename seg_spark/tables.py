@@ -284,11 +284,15 @@ class TableStore:
 
     def enable_change_feed(self, table: Table) -> None:
         """Record the table's row changes (for incremental readers); no-op when already on."""
+        self.set_property(table, "delta.enableChangeDataFeed", "true")
+
+    def set_property(self, table: Table, key: str, value: str) -> None:
+        """Set a Delta table property; no commit when it already has that value."""
         location = self.path(table).replace("`", "``")
         properties = self.spark.sql(f"SHOW TBLPROPERTIES delta.`{location}`").collect()
-        if any(r["key"] == "delta.enableChangeDataFeed" and r["value"] == "true" for r in properties):
+        if any(r["key"] == key and r["value"] == value for r in properties):
             return
-        self.spark.sql(f"ALTER TABLE delta.`{location}` SET TBLPROPERTIES (delta.enableChangeDataFeed = true)")
+        self.spark.sql(f"ALTER TABLE delta.`{location}` SET TBLPROPERTIES ({sql_literal(key)} = {sql_literal(value)})")
 
     # --- catalog -----------------------------------------------------------------------
 

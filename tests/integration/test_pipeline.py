@@ -153,10 +153,12 @@ def test_rerun_for_the_same_as_of_date_replaces_rather_than_duplicates(spark, e2
 def test_a_run_failing_in_features_is_recorded_with_its_error(spark, e2e_copy):
     settings = e2e_settings(e2e_copy, "storage.database=", "run.run_id=e2e-fails", "features.as_of_date=2024-06-01")
     with pytest.raises(DataError, match="on or before the first clean transaction"):
-        run_pipeline(spark, settings, ["features", "segment"])  # the copy holds the shared run's clean lines
+        run_pipeline(spark, settings)
     rows = TableStore(spark, settings).read(Table.PIPELINE_RUNS).filter("run_id = 'e2e-fails'").collect()
-    assert [r.stage for r in rows] == ["features"]  # the segment stage never started
-    (failed,) = rows
+    by_stage = {r.stage: r for r in sorted(rows, key=lambda r: r.started_at)}
+    assert list(by_stage) == ["ingest", "features"]  # the segment stage never started
+    assert by_stage["ingest"].status == "succeeded" and by_stage["ingest"].error is None
+    failed = by_stage["features"]
     assert failed.status == "failed" and failed.ended_at >= failed.started_at
     assert failed.error.startswith("DataError: as-of date 2024-06-01 is on or before the first clean transaction")
     client = MlflowClient(tracking_uri=resolve_tracking_uri(settings.tracking.tracking_uri)[0])

@@ -12,6 +12,7 @@ from seg_spark.session import (
 def test_embedded_defaults_are_sized_for_the_machine_and_overridable():
     conf = embedded_conf(SparkSettings(), cores=3)
     assert conf["spark.sql.shuffle.partitions"] == "12"
+    assert conf["spark.sql.sources.parallelPartitionDiscovery.parallelism"] == "12"
     assert conf["spark.sql.adaptive.enabled"] == "true"
     assert conf["spark.sql.session.timeZone"] == "UTC"
     assert conf["spark.ui.enabled"] == "false"
