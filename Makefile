@@ -10,8 +10,9 @@ setup: $(VENV)/.installed
 # Exact versions from constraints.txt; the package itself states only ranges (setup.py).
 $(VENV)/.installed: setup.py constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[local,dev]'
+	# --no-compile: byte-compiling every file of PySpark and MLflow up front took longer than
+	# compiling, on first import, the few that are used.
+	$(BIN)/pip install --quiet --no-compile -c constraints.txt -e '.[local,dev]'
 	touch $@
 
 run: setup

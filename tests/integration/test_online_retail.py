@@ -58,6 +58,8 @@ def result(spark, tmp_path_factory):
             "model.stability.bootstraps=0",
             # Product groups on these descriptions are tested in test_product_groups.py.
             "features.product_groups.enabled=never",
+            # MLflow logging is tested on the demo runs; the real log is about the data.
+            "tracking.enabled=false",
         ],
     )
     return run_pipeline(spark, settings)
