@@ -19,6 +19,8 @@ from seg_spark.errors import EXIT_OK, SegSparkError
 from seg_spark.stages import STAGE_NAMES
 
 if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
     from seg_spark.pipeline import PipelineResult
 
 log = logging.getLogger("seg_spark")
@@ -125,26 +127,29 @@ def _quiet_libraries() -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from seg_spark.pipeline import run_pipeline
-    from seg_spark.session import get_spark
 
     _quiet_libraries()
 
-    settings = _settings(args)
-    preflight.check(settings)
-    spark = get_spark(settings.spark)
+    settings, spark = _checked_session(args)
     _print_run(run_pipeline(spark, settings, args.stage))
     return EXIT_OK
 
 
-def _maintain(args: argparse.Namespace) -> int:
-    from seg_spark.maintenance import maintain
+def _checked_session(args: argparse.Namespace) -> tuple[Settings, SparkSession]:
+    """The settings, checked for what needs no Spark (storage root, folders), then the session."""
     from seg_spark.session import get_spark
-    from seg_spark.tables import TableStore
 
     settings = _settings(args)
     preflight.check(settings)
-    store = TableStore(get_spark(settings.spark), settings)
-    done = maintain(store, settings.storage.retention_hours)
+    return settings, get_spark(settings.spark)
+
+
+def _maintain(args: argparse.Namespace) -> int:
+    from seg_spark.maintenance import maintain
+    from seg_spark.tables import TableStore
+
+    settings, spark = _checked_session(args)
+    done = maintain(TableStore(spark, settings), settings.storage.retention_hours)
     print(f"seg-spark maintain {settings.storage.root} (retention {settings.storage.retention_hours:g} h):")
     for table in done:
         print(f"  {table.report()}")

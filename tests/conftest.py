@@ -60,8 +60,8 @@ def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SparkSession]:
         conf={
             "spark.sql.warehouse.dir": str(warehouse),
             "spark.driver.extraJavaOptions": f"-Dderby.system.home={warehouse} -Duser.timezone=UTC",
-            # The suite runs the same pipeline's queries many times: keep their compiled code
-            # (Spark keeps 100 classes; a run generates more, so each run compiled them all again).
+            # The suite runs the same pipeline's queries many times: keep more of their compiled
+            # code than Spark's 100 entries (warm 400-customer runs: 38 and 33 s against 42 and 37 s).
             "spark.sql.codegen.cache.maxEntries": "2000",
         },
     )
