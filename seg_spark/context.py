@@ -28,6 +28,8 @@ class RunContext:
         spark: The session.
         settings: Validated configuration.
         run_id: The run's id (``run.run_id``, or a new one); every stage of a run shares it.
+        attempt_id: This process's attempt at the run's stages: what a failure rolls back
+            (``seg_spark.recovery``).
         clock: What the run treats as now.
         store: The table store.
         manifest: ``pipeline_runs``.
@@ -38,6 +40,7 @@ class RunContext:
     spark: SparkSession
     settings: Settings
     run_id: str
+    attempt_id: str
     clock: Clock
     store: TableStore
     manifest: RunManifest
@@ -46,12 +49,15 @@ class RunContext:
 
     @classmethod
     def create(cls, spark: SparkSession, settings: Settings) -> RunContext:
-        """A context for ``settings`` (a new run id unless ``run.run_id`` is set)."""
-        store = TableStore(spark, settings)
+        """A context for ``settings`` (a new run id unless ``run.run_id`` is set, a new attempt id)."""
+        run_id = settings.run.run_id or uuid.uuid4().hex
+        attempt_id = uuid.uuid4().hex
+        store = TableStore(spark, settings, {"run_id": run_id, "attempt_id": attempt_id})
         return cls(
             spark=spark,
             settings=settings,
-            run_id=settings.run.run_id or uuid.uuid4().hex,
+            run_id=run_id,
+            attempt_id=attempt_id,
             clock=Clock(settings.quality.clock),
             store=store,
             manifest=RunManifest(store),

@@ -1,6 +1,9 @@
 """The run: a short loop over the stages, each recorded in ``pipeline_runs`` and tracked in MLflow.
 
 Jobs and the CLI only parse arguments and call ``run_pipeline(spark, settings, stages)``.
+One call is one attempt: when any of its stages fails, every table the attempt changed is
+rolled back (``seg_spark.recovery``), so a consumer never sees a half-published run; an
+attempt whose process died is rolled back by the next call.
 """
 
 from __future__ import annotations
@@ -9,14 +12,17 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 
 from pyspark.sql import SparkSession
 
 from seg_spark.config import Settings
 from seg_spark.context import RunContext
+from seg_spark.errors import StageInputError
 from seg_spark.maintenance import maintain
+from seg_spark.recovery import rollback_attempt
 from seg_spark.runs import StageRecord
-from seg_spark.stages import StageResult, entry_point, ordered
+from seg_spark.stages import STAGE_NAMES, StageResult, entry_point, ordered
 from seg_spark.tables import Table
 
 log = logging.getLogger(__name__)
@@ -47,8 +53,8 @@ def run_pipeline(spark: SparkSession, settings: Settings, stages: Sequence[str] 
     """
     names = ordered(stages)
     ctx = RunContext.create(spark, settings)
-    abandoned = ctx.manifest.abandon_unfinished(found_by=ctx.run_id)
-    ctx.tracker.mark_failed(sorted({r.mlflow_run_id for r in abandoned if r.mlflow_run_id}))
+    recovered = ctx.manifest.abandon_unfinished(ctx.run_id, partial(_roll_back, ctx))
+    ctx.tracker.mark_failed(sorted({r.mlflow_run_id for r in recovered if r.mlflow_run_id}))
     started = time.monotonic()
     results: dict[str, StageResult] = {}
     tags = {"seg_spark.run_id": ctx.run_id, "spark.master": str(spark.sparkContext.master)}
@@ -72,14 +78,29 @@ def run_pipeline(spark: SparkSession, settings: Settings, stages: Sequence[str] 
 
 
 def run_stage(ctx: RunContext, name: str) -> StageResult:
-    """Run one stage, recorded in ``pipeline_runs`` (running, then succeeded or failed with the error)."""
+    """Run one stage, recorded in ``pipeline_runs`` (running, then succeeded or failed with the error).
+
+    A failure rolls back the whole attempt (this stage and the ones before it in this call).
+
+    Raises:
+        StageInputError: An earlier stage of the run was rolled back, so this one's input is not the run's.
+    """
     run = entry_point(name)
+    upstream = STAGE_NAMES[: STAGE_NAMES.index(name)]
+    undone = ctx.manifest.rolled_back(ctx.run_id, upstream)
+    if undone is not None:
+        raise StageInputError(
+            f"the {undone.stage} stage of run {ctx.run_id} was rolled back when its attempt failed, so the "
+            f"{name} stage would read the previous run's tables: rerun from {undone.stage} "
+            f"(seg-spark run --run-id {ctx.run_id}), or start a new run"
+        )
     started = time.monotonic()
-    record = ctx.manifest.started(ctx.run_id, name, ctx.mlflow_run_id)
+    record = ctx.manifest.started(ctx.run_id, name, ctx.mlflow_run_id, ctx.attempt_id)
+    stage_ctx = replace(ctx, store=ctx.store.tagged(stage=name))
     try:
-        result = run(ctx)
+        result = run(stage_ctx)
     except BaseException as exc:
-        _record_failure(ctx, record, exc)
+        _fail(ctx, record, exc)
         raise
     ctx.manifest.finished(record, as_of_date=result.as_of_date, rows_in=result.rows_in, rows_out=result.rows_out)
     ctx.tracker.log_metrics(result.metrics)
@@ -88,10 +109,29 @@ def run_stage(ctx: RunContext, name: str) -> StageResult:
     return result
 
 
-def _record_failure(ctx: RunContext, record: StageRecord, exc: BaseException) -> None:
-    """Mark the stage failed; a failure to record it must not hide the stage's own error."""
+def _roll_back(ctx: RunContext, attempt_id: str) -> str:
+    """Undo an attempt: its table commits and the model versions it registered; say what was done."""
+    outcome = rollback_attempt(ctx.store, attempt_id).summary()
+    versions = ctx.tracker.delete_model_versions(attempt_id)
+    if versions:
+        outcome += f"; registered version(s) {', '.join(versions)} of {ctx.settings.model.name} deleted"
+    return outcome
+
+
+def _fail(ctx: RunContext, record: StageRecord, exc: BaseException) -> None:
+    """Roll the attempt back, then mark the stage failed and the attempt's earlier stages rolled back.
+
+    When the rollback itself fails (the session is gone), the stage stays ``running``, so the
+    next start finds it and rolls the attempt back then; neither may hide the stage's own error.
+    """
+    try:
+        outcome = _roll_back(ctx, ctx.attempt_id)
+    except Exception:  # noqa: BLE001 - the original error matters more
+        log.exception("could not roll back attempt %s; the next run's start will", ctx.attempt_id)
+        return
     message = f"{type(exc).__name__}: {exc}".strip()
     try:
-        ctx.manifest.finished(record, as_of_date=None, rows_in=None, rows_out=None, error=message)
+        ctx.manifest.finished(record, as_of_date=None, rows_in=None, rows_out=None, error=f"{message}\n{outcome}")
+        ctx.manifest.close_attempt(ctx.attempt_id, outcome)
     except Exception:  # noqa: BLE001 - e.g. the session is gone; the original error matters more
         log.warning("could not record the failure of stage %s in pipeline_runs", record.stage)

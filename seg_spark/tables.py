@@ -115,14 +115,29 @@ def where_in(column: str, values: Iterable[Literal]) -> Predicate:
 class TableStore:
     """Reads and writes seg-spark's Delta tables under ``storage.root``.
 
+    Every commit it makes carries its ``commit_tag`` in Delta's ``userMetadata`` (run,
+    attempt and stage), so a table's own history says which attempt wrote what and a failed
+    attempt can be rolled back (``seg_spark.recovery``).
+
     Args:
         spark: The session.
         settings: The configuration (storage root, table names, catalog database).
+        commit_tag: Keys added to every commit's ``userMetadata``.
     """
 
-    def __init__(self, spark: SparkSession, settings: Settings) -> None:
+    def __init__(self, spark: SparkSession, settings: Settings, commit_tag: Mapping[str, str] | None = None) -> None:
         self.spark = spark
         self._settings = settings
+        self.commit_tag: dict[str, str] = dict(commit_tag or {})
+
+    def tagged(self, **tag: str) -> TableStore:
+        """The same store, with ``tag`` added to the tag of every commit it makes."""
+        return TableStore(self.spark, self._settings, {**self.commit_tag, **tag})
+
+    @property
+    def tables(self) -> list[Table]:
+        """Every table that exists now."""
+        return [t for t in Table if self.exists(t)]
 
     # --- locations ---------------------------------------------------------------------
 
@@ -208,13 +223,14 @@ class TableStore:
             return None
 
     def replaced_between(self, table: Table, first: int, last: int) -> bool:
-        """Whether a commit in versions ``first``..``last`` overwrote the whole table."""
+        """Whether a commit in versions ``first``..``last`` overwrote or restored the whole table."""
         history = self.history(table).filter(F.col("version").between(first, last))
         overwrites = history.filter(
             (F.col("operation") == "WRITE")
             & (F.col("operationParameters")["mode"] == "Overwrite")
             & F.col("operationParameters")["predicate"].isNull()
-            | (F.col("operation").isin("CREATE OR REPLACE TABLE AS SELECT", "REPLACE TABLE AS SELECT"))
+            # A rollback's RESTORE records no row changes a change-feed reader could follow.
+            | (F.col("operation").isin("CREATE OR REPLACE TABLE AS SELECT", "REPLACE TABLE AS SELECT", "RESTORE"))
         )
         return overwrites.limit(1).count() > 0
 
@@ -277,8 +293,9 @@ class TableStore:
         writer = writer.option("optimizeWrite", "true")
         for key, value in (table_properties or {}).items():
             writer = writer.option(key, value)
-        if commit_metadata is not None:
-            writer = writer.option("userMetadata", json.dumps(dict(commit_metadata)))
+        metadata = {**(commit_metadata or {}), **self.commit_tag}
+        if metadata:
+            writer = writer.option("userMetadata", json.dumps(metadata))
         log.debug("writing Delta table %s (%s)", self.name(table), how)
         writer.save(self.path(table))
 

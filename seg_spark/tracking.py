@@ -19,6 +19,7 @@ from mlflow.tracking import MlflowClient
 from seg_spark.config import Settings, TrackingSettings
 
 log = logging.getLogger(__name__)
+ATTEMPT_TAG = "seg_spark.attempt_id"  # on a registry version: the attempt that registered it
 
 # MLflow caps a param value at 6000 characters.
 _MAX_PARAM = 6000
@@ -144,8 +145,13 @@ class Tracker:
             mlflow.log_params({k: str(v) for k, v in params.items()})
             yield
 
-    def log_spark_model(self, model: Any, registered_name: str | None) -> tuple[str | None, str | None]:
+    def log_spark_model(
+        self, model: Any, registered_name: str | None, attempt_id: str
+    ) -> tuple[str | None, str | None]:
         """Log a fitted Spark ML PipelineModel to the active run, registering it by name.
+
+        The registry version is tagged with ``attempt_id`` as it is created, so rolling the
+        attempt back can delete it (``delete_model_versions``).
 
         Returns:
             The model URI and, when registered, the new registry version (both None when
@@ -159,9 +165,24 @@ class Tracker:
         info = mlflow_spark.log_model(
             model,
             "model",
-            registered_model_name=registered_name if self._settings.tracking.register_model else None,
             # Explicit requirements: inference would load the model again in a subprocess.
             pip_requirements=[f"pyspark=={pyspark.__version__}", f"mlflow=={mlflow.__version__}"],
         )
-        version = info.registered_model_version
-        return info.model_uri, None if version is None else str(version)
+        if not registered_name or not self._settings.tracking.register_model:
+            return info.model_uri, None
+        version = mlflow.register_model(info.model_uri, registered_name, tags={ATTEMPT_TAG: attempt_id})
+        return info.model_uri, str(version.version)
+
+    def delete_model_versions(self, attempt_id: str) -> list[str]:
+        """Delete the registry versions of ``model.name`` that attempt ``attempt_id`` registered."""
+        if not self.enabled or not self._settings.tracking.register_model:
+            return []
+        configure(self._settings.tracking)
+        client = MlflowClient()
+        name = self._settings.model.name
+        escaped = name.replace("'", "\\'")
+        found = client.search_model_versions(f"name = '{escaped}'")
+        deleted = sorted((v.version for v in found if v.tags.get(ATTEMPT_TAG) == attempt_id), key=int)
+        for version in deleted:
+            client.delete_model_version(name, version)
+        return [str(v) for v in deleted]

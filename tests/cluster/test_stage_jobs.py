@@ -1,13 +1,21 @@
 """The stages as separate spark-submit jobs (one process each, as a scheduler runs them) give the same
-tables as one in-process run, and each job keeps the master it is given."""
+tables as one in-process run, and each job keeps the master it is given.
 
+Then each stage's process of a second run is killed (SIGKILL) at a random point: every table stays
+readable, the next start rolls the killed attempt back to the first run's tables, and a rerun
+equals an uninterrupted run."""
+
+import json
 import os
+import random
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyspark
@@ -20,6 +28,8 @@ from pyspark.sql.types import MapType
 from seg_spark.cli import main
 from seg_spark.config import load_config
 from seg_spark.pipeline import run_pipeline
+from seg_spark.recovery import KEPT, rollback_attempt
+from seg_spark.runs import RunManifest
 from seg_spark.tables import Table, TableStore
 from seg_spark.tracking import resolve_tracking_uri
 
@@ -30,8 +40,22 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 DELTA = "io.delta:delta-spark_4.2_2.13:4.4.0"
 RUN = "staged"
+KILLED = "killed"  # the run whose stage processes are killed
 # Columns that record when or how long, not what: they differ between any two runs.
-VOLATILE = {"recorded_at", "refreshed_at", "seconds", "started_at", "ended_at", "mlflow_run_id"}
+VOLATILE = {"recorded_at", "refreshed_at", "seconds", "started_at", "ended_at", "mlflow_run_id", "attempt_id"}
+# Columns that name the run (or its registry version): they differ between two runs of the same data.
+LINEAGE = {"run_id", "ingest_run_id", "model_version"}
+# Tables whose whole content is the latest run's picture (the others keep a slice per run).
+CURRENT = (
+    Table.TRANSACTIONS_CLEAN,
+    Table.TRANSACTIONS_QUARANTINE,
+    Table.CUSTOMER_DAILY,
+    Table.CUSTOMER_STATE,
+    Table.CUSTOMER_FEATURES,
+    Table.CUSTOMER_SEGMENTS,
+)
+# Commits each stage makes to the tables a rollback restores (pipeline_runs and data_quality aside).
+STAGE_COMMITS = {"ingest": 2, "features": 4, "segment": 2}
 
 
 def _overrides(root: Path, demo: Path) -> list[str]:
@@ -55,7 +79,7 @@ def _package_zip(target: Path) -> Path:
     return target
 
 
-def _submit(job: str, overrides: list[str], cwd: Path, package: Path) -> subprocess.CompletedProcess:
+def _command(job: str, run_id: str, overrides: list[str], package: Path) -> list[str]:
     spark_submit = shutil.which("spark-submit", path=str(Path(sys.executable).parent)) or str(
         Path(pyspark.__file__).parent / "bin" / "spark-submit"
     )
@@ -72,31 +96,40 @@ def _submit(job: str, overrides: list[str], cwd: Path, package: Path) -> subproc
         "--conf",
         "spark.default.parallelism=2",
         # A job this short spends much of its CPU compiling hot code with C2: C1 alone costs
-        # 15% less CPU over the three jobs (330 against 386 CPU-seconds).
+        # 15% less CPU over the three jobs (330 against 386 CPU-seconds). C1 alone also shrinks
+        # the code cache to 48 MB, which Spark fills ("CodeCache is full. Compiler has been
+        # disabled"), so it gets the tiered default back.
         "--driver-java-options",
-        "-XX:TieredStopAtLevel=1",
+        "-XX:TieredStopAtLevel=1 -XX:ReservedCodeCacheSize=240m",
         "--py-files",
         str(package),
         str(REPO / "jobs" / f"{job}.py"),
         "--config",
         str(REPO / "conf" / "local.yaml"),
         "--run-id",
-        RUN,
+        run_id,
         *[arg for item in overrides for arg in ("--set", item)],
     ]
-    env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
-    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    return command
 
 
-def _comparable(df: DataFrame) -> DataFrame:
-    """Without the volatile columns, and maps as sorted entry arrays (set operations refuse maps)."""
-    df = df.drop(*[c for c in df.columns if c in VOLATILE])
+ENV = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
+
+
+def _submit(job: str, overrides: list[str], cwd: Path, package: Path) -> subprocess.CompletedProcess:
+    command = _command(job, RUN, overrides, package)
+    return subprocess.run(command, cwd=cwd, env=ENV, capture_output=True, text=True, timeout=900)
+
+
+def _comparable(df: DataFrame, ignored: frozenset[str] = frozenset()) -> DataFrame:
+    """Without the volatile (and ``ignored``) columns, and maps as sorted entry arrays (set operations refuse maps)."""
+    df = df.drop(*[c for c in df.columns if c in VOLATILE | ignored])
     maps = [f.name for f in df.schema.fields if isinstance(f.dataType, MapType)]
     return df.withColumns({m: F.array_sort(F.map_entries(m)) for m in maps})
 
 
-def _assert_same_rows(left: DataFrame, right: DataFrame, table: str) -> None:
-    left, right = _comparable(left), _comparable(right)
+def _assert_same_rows(left: DataFrame, right: DataFrame, table: str, ignored: frozenset[str] = frozenset()) -> None:
+    left, right = _comparable(left, ignored), _comparable(right, ignored)
     assert sorted(left.columns) == sorted(right.columns), table
     right = right.select(*left.columns)
     assert left.count() == right.count(), table
@@ -116,23 +149,128 @@ def test_a_stage_whose_input_is_missing_names_the_stage_to_run_first(spark, tmp_
     assert "transactions_clean does not exist" in capsys.readouterr().err
 
 
+def _versions(warehouse: Path) -> dict[str, int]:
+    """Each table's latest Delta version, from its log folder (no Spark needed)."""
+    return {
+        log.parent.name: max(int(f.stem) for f in log.glob("*.json"))
+        for log in warehouse.glob("*/_delta_log")
+        if any(log.glob("*.json"))
+    }
+
+
+def _commit_info(warehouse: Path, table: str, version: int) -> dict:
+    """The ``commitInfo`` action of one commit file."""
+    lines = (warehouse / table / "_delta_log" / f"{version:020d}.json").read_text().splitlines()
+    return next(json.loads(line)["commitInfo"] for line in lines if '"commitInfo"' in line)
+
+
+def _wait(condition, proc: subprocess.Popen, what: str) -> None:
+    deadline = time.monotonic() + 600
+    while not condition():
+        if proc.poll() is not None:
+            raise AssertionError(f"the process ended (exit {proc.returncode}) before {what}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+@dataclass
+class Kill:
+    """One stage process killed at a random point: before its first commit (after a random delay) or
+    right after its n-th commit to a table a rollback restores."""
+
+    stage: str
+    after_commits: int
+    delay: float
+    started: dict[str, int] = field(default_factory=dict)  # versions when the stage began
+    killed: dict[str, int] = field(default_factory=dict)  # versions right after the kill
+    attempt_id: str | None = None
+    error: str | None = None
+    log: str = ""
+
+    def changed(self) -> list[str]:
+        """Tables the killed process committed to (pipeline_runs and data_quality aside)."""
+        kept = {t.value for t in KEPT}
+        return [t for t, v in self.killed.items() if t not in kept and v > self.started.get(t, -1)]
+
+
+def _kill_during(stage: str, overrides: list[str], root: Path, package: Path, rng: random.Random) -> Kill:
+    kill = Kill(stage, rng.randint(0, STAGE_COMMITS[stage] - 1), round(rng.uniform(0, 2), 2))
+    warehouse = root / "jobs" / "warehouse"
+    runs = _versions(warehouse)["pipeline_runs"]
+    out = root / f"killed-{stage}.log"
+    with out.open("w") as sink:
+        proc = subprocess.Popen(
+            _command(stage, KILLED, overrides, package),
+            cwd=root,
+            env=ENV,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: the kill reaches the JVM and the Python driver
+        )
+        try:
+            # The stage has begun once its `running` row is appended to pipeline_runs (the start's
+            # recovery, before it, replaces rows).
+            def begun() -> bool:
+                last = _versions(warehouse)["pipeline_runs"]
+                mode = _commit_info(warehouse, "pipeline_runs", last)["operationParameters"]["mode"]
+                return last > runs and mode == "Append"
+
+            _wait(begun, proc, f"the {stage} stage began")
+            kill.started = _versions(warehouse)
+            info = json.loads(_commit_info(warehouse, "pipeline_runs", kill.started["pipeline_runs"])["userMetadata"])
+            kill.attempt_id = info["attempt_id"]
+            if kill.after_commits == 0:
+                time.sleep(kill.delay)
+            else:
+                probe = Kill(stage, 0, 0, kill.started)
+                _wait(lambda: len(_changed_now(probe, warehouse)) >= kill.after_commits, proc, "the commits wanted")
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=60)
+            kill.killed = _versions(warehouse)
+        except AssertionError as exc:
+            kill.error = str(exc)
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=60)
+    kill.log = out.read_text()[-4000:]
+    return kill
+
+
+def _changed_now(probe: Kill, warehouse: Path) -> list[str]:
+    probe.killed = _versions(warehouse)
+    return probe.changed()
+
+
 @dataclass(frozen=True)
 class StagedRun:
     root: Path
     demo: Path
     jobs: dict[str, subprocess.CompletedProcess]
+    baseline: dict[str, int]  # table versions after the three jobs
+    kills: list[Kill]
+    seed: int
 
 
 def run_stage_jobs() -> StagedRun:
-    """ingest, then features, then segment: three spark-submit processes sharing one run id."""
+    """ingest, then features, then segment: three spark-submit processes sharing one run id; then a
+    second run whose ingest, features and segment processes are each killed at a random point."""
     root = Path(tempfile.mkdtemp(prefix="seg-spark-stage-jobs-"))
     package = _package_zip(root / "seg_spark.zip")
+    overrides = _overrides(root / "jobs", root / "demo")
     jobs: dict[str, subprocess.CompletedProcess] = {}
     for stage in ("ingest", "features", "segment"):
-        jobs[stage] = _submit(stage, _overrides(root / "jobs", root / "demo"), root, package)
+        jobs[stage] = _submit(stage, overrides, root, package)
         if jobs[stage].returncode != 0:
-            break
-    return StagedRun(root, root / "demo", jobs)
+            return StagedRun(root, root / "demo", jobs, {}, [], 0)
+    baseline = _versions(root / "jobs" / "warehouse")
+    seed = int(os.environ.get("SEG_SPARK_KILL_SEED", time.time_ns() % 10**6))
+    rng = random.Random(seed)
+    # MLflow plays no part in a rollback; without it each killed process starts sooner. The segment
+    # process cannot take the as-of date from its run's features stage: that one was killed.
+    killed_overrides = [*overrides, "tracking.enabled=false", "features.as_of_date=2026-01-01"]
+    kills = [_kill_during(stage, killed_overrides, root, package, rng) for stage in ("ingest", "features", "segment")]
+    return StagedRun(root, root / "demo", jobs, baseline, kills, seed)
 
 
 @pytest.mark.background.with_args(run_stage_jobs)
@@ -140,6 +278,7 @@ def test_three_stage_jobs_equal_one_run(spark: SparkSession, request: pytest.Fix
     staged: StagedRun = request.node.stash[BACKGROUND].result(timeout=1800)
     try:
         _check_staged(spark, staged)
+        _check_kills(spark, staged)
     finally:
         shutil.rmtree(staged.root, ignore_errors=True)
 
@@ -158,7 +297,7 @@ def _check_staged(spark: SparkSession, staged: StagedRun) -> None:
     assert set(written) == {t for t in Table if jobs.exists(t)}
     assert {Table.CUSTOMER_SEGMENTS, Table.MODEL_SELECTION, Table.PIPELINE_RUNS} <= set(written)
     for table in written:
-        _assert_same_rows(jobs.read(table), one.read(table), table.value)
+        _assert_same_rows(jobs.read(table, version=staged.baseline[table.value]), one.read(table), table.value)
 
     # Every job logged into one MLflow run, and kept the master spark-submit gave it (local.yaml asks local[*]).
     client = MlflowClient(tracking_uri=resolve_tracking_uri(f"{staged.root}/jobs/mlruns")[0])
@@ -167,4 +306,50 @@ def _check_staged(spark: SparkSession, staged: StagedRun) -> None:
     assert run.data.tags["spark.master"] == "local[2]"
     assert {"transactions.input_rows", "silhouette", "feature_refresh_seconds"} <= set(run.data.metrics)
     assert len(client.search_runs(experiment, f"tags.mlflow.parentRunId = '{run.info.run_id}'")) == 2
-    assert {r.mlflow_run_id for r in jobs.read(Table.PIPELINE_RUNS).collect()} == {run.info.run_id}
+    manifest = jobs.read(Table.PIPELINE_RUNS, version=staged.baseline["pipeline_runs"])
+    assert {r.mlflow_run_id for r in manifest.collect()} == {run.info.run_id}
+
+
+def _check_kills(spark: SparkSession, staged: StagedRun) -> None:
+    """Each killed process left readable tables; the next start (here, the last) rolled its attempt back
+    to the first run's tables; a rerun then equals the uninterrupted in-process run."""
+    warehouse = staged.root / "jobs" / "warehouse"
+    settings = load_config([], [*_overrides(staged.root / "jobs", staged.demo), "tracking.enabled=false"])
+    jobs = TableStore(spark, settings)
+    assert [k.stage for k in staged.kills] == ["ingest", "features", "segment"]
+    for kill in staged.kills:
+        where = f"seed {staged.seed}, {kill.stage} killed after {kill.after_commits} commit(s) / {kill.delay}s"
+        assert kill.error is None and kill.attempt_id, f"{where}: {kill.error}\n{kill.log}"
+        assert len(kill.changed()) >= kill.after_commits, where
+        for table in kill.changed():  # readable as the kill left it
+            jobs.read(Table(table), version=kill.killed[table]).count()
+
+    # The processes after a kill rolled it back when they started; the last one is rolled back here.
+    last = staged.kills[-1]
+    recovered = RunManifest(jobs).abandon_unfinished("check", lambda a: rollback_attempt(jobs, a).summary())
+    assert {(r.run_id, r.stage, r.status) for r in recovered} == {(KILLED, "segment", "abandoned")}, last
+    for kill in staged.kills:
+        for table in kill.changed():
+            restores = [
+                info
+                for version in range(kill.killed[table] + 1, _versions(warehouse)[table] + 1)
+                if (info := _commit_info(warehouse, table, version))["operation"] == "RESTORE"
+            ]
+            assert any(
+                json.loads(info["userMetadata"]).get("rollback_of") == kill.attempt_id
+                and int(info["operationParameters"]["version"]) == kill.started[table]
+                for info in restores
+            ), f"{kill.stage} kill: {table} was not restored to version {kill.started[table]}"
+    for table in [t for t in Table if t.value in staged.baseline and t not in KEPT]:
+        _assert_same_rows(jobs.read(table), jobs.read(table, version=staged.baseline[table.value]), table.value)
+    statuses = {r.stage: r.status for r in jobs.read(Table.PIPELINE_RUNS).filter(f"run_id = '{KILLED}'").collect()}
+    assert statuses == dict.fromkeys(("ingest", "features", "segment"), "abandoned")
+
+    # A rerun after the kills equals the uninterrupted run but for the run's name.
+    rerun = [*_overrides(staged.root / "jobs", staged.demo), "run.run_id=rerun", "tracking.enabled=false"]
+    run_pipeline(spark, load_config([], rerun))
+    single = TableStore(spark, load_config([], _overrides(staged.root / "single", staged.demo)))
+    for table in CURRENT:
+        _assert_same_rows(jobs.read(table), single.read(table), table.value, frozenset(LINEAGE))
+    rerun_selection = jobs.read(Table.MODEL_SELECTION).filter("run_id = 'rerun'")
+    _assert_same_rows(rerun_selection, single.read(Table.MODEL_SELECTION), "model_selection", frozenset(LINEAGE))

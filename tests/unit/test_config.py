@@ -135,9 +135,13 @@ def test_base_yaml_lists_every_key():
     assert _keys(written) == _keys(Settings().model_dump(mode="json"))
 
 
-def test_example_configs_validate():
+def test_example_configs_validate_and_each_registers_its_own_model():
+    names = [load_config([CONF / "local.yaml"]).model.name]
     for path in sorted((CONF / "examples").glob("*.yaml")):
-        assert load_config([path]).sources.transactions.path, path
+        settings = load_config([path])
+        assert settings.sources.transactions.path, path
+        names.append(settings.model.name)
+    assert len(names) == len(set(names)) > 1, names  # one config's versions never mix with another's
 
 
 @pytest.mark.parametrize("run_id", ["a' OR '1'='1", "has space", "-leading-dash", "x" * 129, "semi;colon"])

@@ -87,12 +87,12 @@ def test_a_stage_left_running_by_a_dead_process_is_marked_abandoned(spark, tmp_p
     client = MlflowClient()
     dead = client.create_run(client.get_experiment_by_name(settings.tracking.experiment).experiment_id)
     store = TableStore(spark, settings)
-    RunManifest(store).started("killed", "features", dead.info.run_id)
+    RunManifest(store).started("killed", "features", dead.info.run_id, "dead-attempt")
 
     run_pipeline(spark, settings, ["ingest"])
     rows = {(r.run_id, r.stage): r for r in store.read(Table.PIPELINE_RUNS).collect()}
     abandoned = rows[("killed", "features")]
     assert abandoned.status == "abandoned" and abandoned.ended_at is not None
-    assert "found running when run after-kill started" in abandoned.error
+    assert "found running when run after-kill started; rolled back: nothing had been committed" in abandoned.error
     assert rows[("after-kill", "ingest")].status == "succeeded"
     assert client.get_run(dead.info.run_id).info.status == "FAILED"

@@ -68,13 +68,13 @@ def test_stages_are_named_and_run_in_pipeline_order():
 
 def test_the_manifest_appends_a_new_stage_and_replaces_a_rerun_one_across_processes(store):
     first = RunManifest(store)  # the process that ran ingest
-    started = first.started("r1", "ingest", None)
+    started = first.started("r1", "ingest", None, "attempt-1")
     first.finished(started, as_of_date=date(2026, 1, 1), rows_in=10, rows_out=9)
     later = RunManifest(store)  # another process, reading the run's rows from the table
-    later.started("r1", "features", "mlflow-1")
+    later.started("r1", "features", "mlflow-1", "attempt-2")
     assert [(r.stage, r.status) for r in later.records("r1")] == [("ingest", "succeeded"), ("features", "running")]
     assert later.as_of_date("r1") == date(2026, 1, 1)
-    rerun = later.started("r1", "ingest", "mlflow-1")  # the same stage again: its row is replaced
+    rerun = later.started("r1", "ingest", "mlflow-1", "attempt-2")  # the same stage again: its row is replaced
     later.finished(rerun, as_of_date=date(2026, 1, 2), rows_in=11, rows_out=10)
     rows = store.read(Table.PIPELINE_RUNS).orderBy("stage").collect()
     assert [(r.stage, r.status, r.rows_in) for r in rows] == [

@@ -91,7 +91,7 @@ def run(ctx: RunContext) -> SegmentStageResult:
     try:
         selection.refuse_degenerate(seg, model_settings)
         tables = _record_selection(ctx, seg, as_of)
-        model_uri, model_version = ctx.tracker.log_spark_model(seg.model, model_settings.name)
+        model_uri, model_version = ctx.tracker.log_spark_model(seg.model, model_settings.name, ctx.attempt_id)
         segments = seg.assignments.select(
             "*",
             F.lit(seg.algorithm).alias("algorithm"),
