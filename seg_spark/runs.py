@@ -14,6 +14,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 
+from pyspark.sql import functions as F
+
 from seg_spark.clock import utc_now
 from seg_spark.tables import Table, TableStore, where, where_in
 
@@ -194,6 +196,8 @@ class RunManifest:
         if not self._store.exists(Table.PIPELINE_RUNS):
             return []
         runs = self._store.read(Table.PIPELINE_RUNS)
+        if "attempt_id" not in runs.columns:  # a table written before attempts were recorded
+            runs = runs.withColumn("attempt_id", F.lit(None).cast("string"))
         running = runs.filter(where(status=RUNNING).column()).select("attempt_id").distinct().collect()
         attempts = sorted({row["attempt_id"] for row in running if row["attempt_id"]})
         outcomes = {a: roll_back(a) for a in attempts}

@@ -2,15 +2,16 @@
 commit, a table it created goes away, the diagnostic tables stay, a second rollback changes nothing, and
 the registry versions it registered are deleted."""
 
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 
+import pytest
 from mlflow.tracking import MlflowClient
 from pyspark.sql import SparkSession
 
 from seg_spark.config import load_config
 from seg_spark.recovery import rollback_attempt
-from seg_spark.runs import RunManifest
+from seg_spark.runs import RUNS_SCHEMA, RunManifest
 from seg_spark.tables import Table, TableStore, where
 from seg_spark.tracking import ATTEMPT_TAG, Tracker, configure
 
@@ -92,3 +93,14 @@ def test_a_rollback_deletes_the_registry_versions_its_attempt_registered(tmp_pat
     assert tracker.delete_model_versions("failed") == ["2", "3"]
     assert [str(v.version) for v in client.search_model_versions("name = 'm'")] == ["1"]
     assert tracker.delete_model_versions("failed") == []
+
+
+def test_a_running_row_from_before_attempts_were_recorded_is_abandoned_without_a_rollback(spark, tmp_path: Path):
+    base = TableStore(spark, load_config([], [f"storage.root={tmp_path}"]))
+    old_schema = RUNS_SCHEMA.removesuffix(", attempt_id string")
+    row = ("r0", "features", "running", None, datetime(2026, 1, 1, tzinfo=UTC), *[None] * 6)
+    base.append(Table.PIPELINE_RUNS, spark.createDataFrame([row], old_schema))
+
+    (changed,) = RunManifest(base).abandon_unfinished("r1", lambda a: pytest.fail(f"rolled back {a}"))
+    assert (changed.stage, changed.status, changed.attempt_id) == ("features", "abandoned", None)
+    assert changed.error.endswith("not rolled back: written before attempts were recorded")
