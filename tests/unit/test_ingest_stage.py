@@ -4,6 +4,7 @@ were, and the quarantine holds the current snapshot's bad rows once."""
 import pytest
 from mlflow.tracking import MlflowClient
 
+from seg_spark import pipeline
 from seg_spark.config import load_config
 from seg_spark.errors import DataError
 from seg_spark.pipeline import run_pipeline
@@ -37,6 +38,7 @@ def _settings(tmp_path, source, run_id, *extra):
             "quantity: qty, unit_price: price, description: null, category: null, channel: null, discount: null, "
             "country: null}",
             "quality.clock=2025-06-01T00:00:00",
+            "model.min_customers_per_segment=3",  # seven customers are enough for the ingest stage's check
             f"run.run_id={run_id}",
             *extra,
         ],
@@ -49,7 +51,9 @@ def _state(store: TableStore) -> dict[str, tuple[int, int]]:
     return {t.value: (store.version(t), store.read(t).count()) for t in tables}
 
 
-def test_a_failed_ingest_changes_nothing_a_consumer_reads_and_the_quarantine_does_not_pile_up(spark, tmp_path):
+def test_a_failed_ingest_changes_nothing_a_consumer_reads_and_the_quarantine_does_not_pile_up(
+    spark, tmp_path, monkeypatch
+):
     good, bad = tmp_path / "good.csv", tmp_path / "day_first.csv"
     good.write_text(GOOD)
     bad.write_text(DAY_FIRST)
@@ -59,8 +63,15 @@ def test_a_failed_ingest_changes_nothing_a_consumer_reads_and_the_quarantine_doe
     before = _state(store)
     assert before["transactions_clean"][1] == 40 and before["transactions_quarantine"][1] == 1
 
+    # storage.maintain_after_run: housekeeping after a successful run only (maintain() has its own tests).
+    maintained = []
+    monkeypatch.setattr(
+        pipeline, "maintain", lambda store, hours: maintained.append((store.path(Table.DATA_QUALITY), hours))
+    )
+    housekeeping = ("storage.maintain_after_run=true", "storage.retention_hours=12")
     with pytest.raises(QualityThresholdError, match="fails its quality thresholds") as failure:
-        run_pipeline(spark, _settings(tmp_path, bad, "bad-1"), ["ingest"])
+        run_pipeline(spark, _settings(tmp_path, bad, "bad-1", *housekeeping), ["ingest"])
+    assert maintained == []
     assert isinstance(failure.value, DataError) and failure.value.exit_code == 3
     assert _state(store) == before
     # The failed run's own data-quality rows stay for diagnosis, next to its failed manifest row.
@@ -69,7 +80,8 @@ def test_a_failed_ingest_changes_nothing_a_consumer_reads_and_the_quarantine_doe
     (manifest,) = store.read(Table.PIPELINE_RUNS).filter("run_id = 'bad-1'").collect()
     assert manifest.status == "failed" and manifest.error.startswith("QualityThresholdError:")
 
-    again = run_pipeline(spark, _settings(tmp_path, good, "good-2"), ["ingest"]).stages["ingest"]
+    again = run_pipeline(spark, _settings(tmp_path, good, "good-2", *housekeeping), ["ingest"]).stages["ingest"]
+    assert maintained == [(store.path(Table.DATA_QUALITY), 12)]
     assert again.counts == first.counts
     quarantine = store.read(Table.TRANSACTIONS_QUARANTINE).collect()
     assert [(r.source, r.reason_code, r.run_id) for r in quarantine] == [
