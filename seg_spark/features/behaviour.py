@@ -139,7 +139,8 @@ def _feature_columns(families: set[str], windows: Sequence[int], keys: MixKeys, 
         variance = _ratio(
             gaps * (c("_gap_sq_within") + c("_gap_sq_across")) - span * span, F.when(gaps >= 2, gaps * (gaps - 1))
         )
-        std_gap = F.sqrt(F.greatest(variance, F.lit(0.0))) / SECONDS_PER_DAY
+        # greatest() skips nulls: clamp rounding below zero, but keep "null below 3 orders".
+        std_gap = F.sqrt(F.when(variance.isNotNull(), F.greatest(variance, F.lit(0.0)))) / SECONDS_PER_DAY
         columns += [
             F.datediff(F.lit(as_of), F.to_date("_first_ts")).cast("double").alias("tenure_days"),
             mean_gap.alias("mean_interpurchase_days"),

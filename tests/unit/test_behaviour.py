@@ -97,6 +97,23 @@ def test_single_order_customer_has_defined_or_null_features(features):
     assert (b["dow_thu_share"], b["daypart_evening_share"], b["channel_app_share"]) == (1.0, 1.0, 1.0)
 
 
+def test_the_spread_of_inter_purchase_days_needs_three_orders(spark):
+    """One gap has no spread: std and regularity are null below 3 orders, as documented."""
+    days = {"one": [1], "two": [1, 4], "three": [1, 4, 11]}
+    rows = [
+        (customer, f"{customer}{day}", datetime(2024, 2, day, 12), 10.0, 1.0, "P1", 0.0, False, "Toys", "web")
+        for customer, order_days in days.items()
+        for day in order_days
+    ]
+    got = {r["customer_id"]: r for r in customer_features(spark.createDataFrame(rows, SCHEMA), AS_OF).collect()}
+    for customer in ("one", "two"):
+        assert (got[customer]["std_interpurchase_days"], got[customer]["purchase_regularity"]) == (None, None)
+    assert got["two"]["mean_interpurchase_days"] == 3.0
+    three = got["three"]  # gaps of 3 and 7 days
+    assert three["std_interpurchase_days"] == pytest.approx(4 / math.sqrt(2), rel=1e-12)
+    assert three["purchase_regularity"] == pytest.approx(1 / (1 + (4 / math.sqrt(2)) / 5), rel=1e-12)
+
+
 def test_top_categories_fold_the_rest_into_other(spark):
     settings = FeatureSettings(mix=MixSettings(top_categories=1, top_channels=1), windows_days=(7,))
     rows = customer_features(spark.createDataFrame(ROWS, SCHEMA), AS_OF, settings).collect()
