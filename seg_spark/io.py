@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 
 from py4j.protocol import Py4JJavaError
 from pyspark.errors import AnalysisException, PySparkException
@@ -37,6 +38,83 @@ def _drop_class(line: str) -> str:
     """'org.apache.spark.SparkException: [X] msg' -> '[X] msg'."""
     head, sep, rest = line.lstrip(": ").partition(": ")
     return rest if sep and "." in head and " " not in head else line.lstrip(": ")
+
+
+# What Hadoop's gzip codec says about a file that is cut short, and about one that is not gzip at all.
+_TRUNCATED = ("unexpected end of input stream", "unexpected end of zlib input stream", "eofexception")
+_NOT_GZIP = (
+    "not a gzip file",
+    "not in gzip format",
+    "incorrect header check",
+    "invalid block type",
+    "invalid distance",
+    "invalid stored block",
+    "crc mismatch",
+    "corrupt gzip",
+)
+_FAILED_FILE = re.compile(r"reading file (\S+?)\.?(?:\s|$)")
+
+
+def _gzip_problem(exc: BaseException, path: str) -> tuple[str, str] | None:
+    """("truncated" or "not gzip", the file) when reading failed on a broken gzip file, else None."""
+    text = str(exc)
+    named = _FAILED_FILE.search(text)
+    file = re.sub(r"^file:(//)?", "", named.group(1)) if named else path
+    if not file.lower().endswith((".gz", ".gzip")):
+        return None
+    lowered = text.lower()
+    if any(marker in lowered for marker in _TRUNCATED):
+        return "truncated", file
+    if any(marker in lowered for marker in _NOT_GZIP):
+        return "not gzip", file
+    return None
+
+
+def read_error(exc: BaseException, where: str, source: SourceBase, *, reading_rows: bool) -> SourceError:
+    """The ``SourceError`` for a Spark failure while reading a source: what is wrong and what to do.
+
+    Args:
+        exc: Spark's exception.
+        where: The source's config path, e.g. ``sources.transactions``.
+        source: Its settings.
+        reading_rows: False while Spark opens the source (path, format, header), True while it reads the rows.
+    """
+    location = source.location
+    problem = _gzip_problem(exc, location)
+    if problem is not None:
+        kind, file = problem
+        if kind == "truncated":
+            return SourceError(
+                f"{where} at {file!r} is a truncated gzip file: its compressed data ends before the gzip end "
+                "marker (an interrupted download or copy?). Copy or download it again (`gzip -t FILE` checks a "
+                "file); the lines after the cut cannot be read"
+            )
+        cause = spark_error_summary(exc).rpartition(" Cause: ")[2]
+        return SourceError(
+            f"{where} at {file!r} is not a valid gzip file (the gzip reader says: {cause}), and Spark reads a "
+            "file ending in .gz as gzip. Re-create or download it again (`gzip -t FILE` checks a file), or "
+            "remove the .gz suffix if the file is not compressed"
+        )
+    summary = spark_error_summary(exc).rstrip(". ")
+    if source.format == "delta" and ("DELTA_TABLE_NOT_FOUND" in summary or "DELTA_MISSING_DELTA_TABLE" in summary):
+        return SourceError(
+            f"{where} at {location!r} is not a Delta table (Delta finds no _delta_log there: {summary}). Point "
+            f"{where}.path at the table's folder, or set {where}.format to the files' format (parquet, csv or json)"
+        )
+    if source.on_malformed == "fail" and "malformed" in summary.lower():
+        return SourceError(
+            f"{where} ({location}) could not be read: {summary}. Fix the file, or set "
+            f"{where}.on_malformed: quarantine to keep going and quarantine bad lines."
+        )
+    if not reading_rows:
+        return SourceError(
+            f"cannot read {where} at {location!r} as {source.format}: {summary}. "
+            f"Check {where}.path and {where}.format in your YAML."
+        )
+    return SourceError(
+        f"{where} ({location}) could not be read: {summary}. "
+        f"Check that the file is complete and is {source.format}, as {where}.format says."
+    )
 
 
 OTHER_DELIMITERS = (";", "\t", "|", ",")
@@ -129,7 +207,4 @@ def read_source(spark: SparkSession, source: SourceBase, name: str) -> DataFrame
             return spark.read.options(**options).option("mode", mode).json(source.path)
         return spark.read.format(source.format).options(**options).load(source.path)
     except (AnalysisException, PySparkException, Py4JJavaError) as exc:
-        raise SourceError(
-            f"cannot read {where} at {source.path!r} as {source.format}: {spark_error_summary(exc)}. "
-            f"Check {where}.path and {where}.format in your YAML."
-        ) from None
+        raise read_error(exc, where, source, reading_rows=False) from None

@@ -110,8 +110,12 @@ def run_stage(ctx: RunContext, name: str) -> StageResult:
 
 
 def _roll_back(ctx: RunContext, attempt_id: str) -> str:
-    """Undo an attempt: its table commits and the model versions it registered; say what was done."""
-    outcome = rollback_attempt(ctx.store, attempt_id).summary()
+    """Undo an attempt: its table commits and the model versions it registered; say what was done.
+
+    This process's own attempt is looked for only in the tables it committed to.
+    """
+    tables = ctx.store.committed if attempt_id == ctx.attempt_id else None
+    outcome = rollback_attempt(ctx.store, attempt_id, tables).summary()
     versions = ctx.tracker.delete_model_versions(attempt_id)
     if versions:
         outcome += f"; registered version(s) {', '.join(versions)} of {ctx.settings.model.name} deleted"

@@ -12,6 +12,7 @@ profiles and web/app events (optional, joined by customer id later).
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -34,7 +35,7 @@ from seg_spark.config import (
     Thresholds,
 )
 from seg_spark.errors import DataError
-from seg_spark.io import CORRUPT_RECORD, SourceError, spark_error_summary
+from seg_spark.io import CORRUPT_RECORD, SourceError, read_error
 from seg_spark.privacy import hmac_sha256
 
 log = logging.getLogger(__name__)
@@ -201,6 +202,14 @@ def check_mapping(
         if column is None:
             continue
         if column not in types:
+            # A CSV header naming a column twice: Spark appends each copy's position (qty -> qty4, qty6).
+            copies = [c for c in available if re.fullmatch(re.escape(column) + r"\d+", c, re.IGNORECASE)]
+            if len(copies) > 1:
+                raise MappingError(
+                    f"{where} ({location}): {where}.columns.{canonical} maps to column {column!r}, which the "
+                    f"source's header names {len(copies)} times (read as {', '.join(copies)}). Rename the "
+                    f"duplicates in the export, or map {where}.columns.{canonical} to one of {', '.join(copies)}."
+                )
             raise MappingError(
                 f"{where} ({location}): {where}.columns.{canonical} maps to column {column!r}, "
                 f"which the source does not have. Available columns: {', '.join(available)}. "
@@ -396,23 +405,20 @@ def _prepare(raw: DataFrame, source: MappedSource, where: str, pseudonym_key: by
 
 
 @contextmanager
-def _reading(where: str, location: str) -> Iterator[None]:
-    """Turn a Spark failure while reading a source into a SourceError that says what to do."""
+def _reading(where: str, source: MappedSource) -> Iterator[None]:
+    """Turn a Spark failure while reading a source's rows into a SourceError that says what to do."""
     try:
         yield
     except (PySparkException, Py4JJavaError) as exc:
-        raise SourceError(
-            f"{where} ({location}) could not be read: {spark_error_summary(exc)}. "
-            f"Fix the file, or set {where}.on_malformed: quarantine to keep going and quarantine bad lines."
-        ) from None
+        raise read_error(exc, where, source, reading_rows=True) from None
 
 
-def _count_input(raw: DataFrame, where: str, location: str) -> int:
-    with _reading(where, location):
+def _count_input(raw: DataFrame, where: str, source: MappedSource) -> int:
+    with _reading(where, source):
         rows = raw.count()
     if rows == 0:
         raise SourceError(
-            f"{where} ({location}) has no rows: check that {where}.path matches files holding data "
+            f"{where} ({source.location}) has no rows: check that {where}.path matches files holding data "
             "(and, for CSV, that the header line is not the only line)."
         )
     return rows
@@ -433,11 +439,11 @@ def _ingest(
     where = f"sources.{name}"
     prepared = _prepare(raw, source, where, pseudonym_key)
     check_mapping(prepared, source.columns.model_dump(), kinds, where, source.location)
-    input_rows = _count_input(prepared, where, source.location)
+    input_rows = _count_input(prepared, where, source)
     with_file = prepared.withColumn(_SOURCE_FILE, F.input_file_name())
     deduped = collapse_duplicates(with_file) if drop_duplicates else with_file
     labelled = canonical(deduped).withColumn("reason_code", reason).persist(StorageLevel.MEMORY_AND_DISK)
-    with _reading(where, source.location):
+    with _reading(where, source):
         summary = (
             labelled.groupBy("reason_code")
             .agg(F.count(F.lit(1)).alias("rows"), F.sum(_COPIES).alias("input_rows"))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -93,18 +94,21 @@ def _remove(store: TableStore, table: Table) -> None:
     path.getFileSystem(store.spark._jsc.hadoopConfiguration()).delete(path, True)  # noqa: SLF001
 
 
-def rollback_attempt(store: TableStore, attempt_id: str) -> Rollback:
+def rollback_attempt(store: TableStore, attempt_id: str, tables: Iterable[Table] | None = None) -> Rollback:
     """Undo every commit attempt ``attempt_id`` made (idempotent: a second call changes nothing).
 
     Args:
         store: The table store.
         attempt_id: The failed attempt.
+        tables: Only these (the tables this process committed to); None: every table (a dead
+            process's attempt, whose commits only the tables' histories know).
 
     Returns:
         What was restored, removed or refused.
     """
     result = Rollback(attempt_id)
-    for table in store.tables:
+    candidates = store.tables if tables is None else [t for t in Table if t in set(tables) and store.exists(t)]
+    for table in candidates:
         if table in KEPT:
             continue
         commits = _commits(store, table)

@@ -125,14 +125,22 @@ class TableStore:
         commit_tag: Keys added to every commit's ``userMetadata``.
     """
 
-    def __init__(self, spark: SparkSession, settings: Settings, commit_tag: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        spark: SparkSession,
+        settings: Settings,
+        commit_tag: Mapping[str, str] | None = None,
+        committed: set[Table] | None = None,
+    ) -> None:
         self.spark = spark
         self._settings = settings
         self.commit_tag: dict[str, str] = dict(commit_tag or {})
+        # Tables this store (and every store tagged from it) committed to: what a rollback must look at.
+        self.committed: set[Table] = set() if committed is None else committed
 
     def tagged(self, **tag: str) -> TableStore:
-        """The same store, with ``tag`` added to the tag of every commit it makes."""
-        return TableStore(self.spark, self._settings, {**self.commit_tag, **tag})
+        """The same store, with ``tag`` added to the tag of every commit it makes (``committed`` is shared)."""
+        return TableStore(self.spark, self._settings, {**self.commit_tag, **tag}, self.committed)
 
     @property
     def tables(self) -> list[Table]:
@@ -297,6 +305,7 @@ class TableStore:
         if metadata:
             writer = writer.option("userMetadata", json.dumps(metadata))
         log.debug("writing Delta table %s (%s)", self.name(table), how)
+        self.committed.add(table)  # before the commit: a failure during it may still have committed
         writer.save(self.path(table))
 
     def enable_change_feed(self, table: Table) -> None:
@@ -309,6 +318,7 @@ class TableStore:
         properties = self.spark.sql(f"SHOW TBLPROPERTIES delta.`{location}`").collect()
         if any(r["key"] == key and r["value"] == value for r in properties):
             return
+        self.committed.add(table)
         self.spark.sql(f"ALTER TABLE delta.`{location}` SET TBLPROPERTIES ({sql_literal(key)} = {sql_literal(value)})")
 
     # --- catalog -----------------------------------------------------------------------

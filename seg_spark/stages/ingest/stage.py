@@ -1,8 +1,9 @@
 """Ingest: read every configured source, map, clean, quarantine, reconcile and profile it.
 
-Writes ``transactions_clean`` (by month, change data feed on), the quarantine and the
-data-quality rows of each source, and the cleaned side tables; then checks the quality
-thresholds, so a bad source stops the run before any feature or model is touched.
+Writes this run's data-quality rows first; then checks the quality thresholds and that the
+clean lines hold enough customers for the segmentation; only then replaces
+``transactions_clean`` (by month, change data feed on), the quarantine and the cleaned side
+tables, so a bad source stops the run before anything a consumer reads changes.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from functools import partial
 from pyspark.sql import DataFrame
 
 from seg_spark import io, quality, synth
-from seg_spark.config import EventSourceSettings, ProfileSourceSettings
+from seg_spark.config import EventSourceSettings, ModelSettings, ProfileSourceSettings
 from seg_spark.context import RunContext
+from seg_spark.errors import DataError
 from seg_spark.features.store import TX_DATE, TX_MONTH, with_tx_date
 from seg_spark.privacy import pseudonym_key
 from seg_spark.stages import StageResult
@@ -51,6 +53,7 @@ def run(ctx: RunContext) -> IngestStageResult:
     Raises:
         SourceError, MappingError, ReconciliationError, PrivacyError: A source cannot be used.
         QualityThresholdError: The transactions break a configured threshold.
+        TooFewCustomersError: The clean lines hold fewer customers than the segmentation needs.
     """
     settings = ctx.settings
     source = settings.sources.transactions
@@ -75,6 +78,7 @@ def run(ctx: RunContext) -> IngestStageResult:
             )
         # Stop before anything a consumer reads changes.
         quality.check_thresholds(transactions, settings.quality.thresholds)
+        check_customers(ctx, transactions)
         for result, _, write_clean in results:
             write_clean(result.clean)
             ctx.store.replace(Table.TRANSACTIONS_QUARANTINE, result.quarantine, _quarantine_slice(ctx, result.source))
@@ -91,6 +95,53 @@ def run(ctx: RunContext) -> IngestStageResult:
         metrics=metrics,
         counts=counts,
         side_counts={result.source: result.counts for result, _, _ in results[1:]},
+    )
+
+
+class TooFewCustomersError(DataError):
+    """The clean transaction lines hold fewer customers than the configured segmentation needs."""
+
+
+def customers_needed(model: ModelSettings) -> tuple[int, str]:
+    """The fewest customers the segment stage accepts, and the settings that make it so.
+
+    The same rule as ``seg_spark.models.selection.refuse_degenerate`` (which stays the final
+    check): k segments need k x ``model.min_customers_per_segment`` customers, and a sweep
+    needs its smallest k, ``model.selection.k_min``.
+    """
+    minimum = model.min_customers_per_segment
+    if model.selection.enabled:
+        k, setting = model.selection.k_min, "model.selection.k_min"
+    else:
+        k, setting = model.k, "model.k"
+    return k * minimum, f"{setting} = {k} x model.min_customers_per_segment = {minimum}"
+
+
+def check_customers(ctx: RunContext, transactions: quality.IngestResult) -> None:
+    """Refuse, before anything is committed, clean lines of too few customers for the segmentation.
+
+    Without this check the features would be committed and only the segment stage would stop.
+
+    Raises:
+        TooFewCustomersError: Naming the count, the need and the settings.
+    """
+    needed, why = customers_needed(ctx.settings.model)
+    customers = int(transactions.profile.get(("customers_clean", ""), 0) or 0)  # counted by the quality profile
+    if customers < needed and ctx.settings.sources.transactions.mode == "append":
+        # A batch adds to the lines already there: count the customers of both (only when the batch alone is short).
+        clean = transactions.clean.select("customer_id")
+        if ctx.store.exists(Table.TRANSACTIONS_CLEAN):
+            clean = clean.unionByName(ctx.store.read(Table.TRANSACTIONS_CLEAN).select("customer_id"))
+        customers = clean.distinct().count()
+    if customers >= needed:
+        return
+    selection = ctx.settings.model.selection
+    lower = "model.selection.k_min" if selection.enabled else "model.k"
+    raise TooFewCustomersError(
+        f"sources.transactions holds {customers:,} customer{'' if customers == 1 else 's'} with clean lines; "
+        f"the segmentation needs at least {needed:,} ({why}): nothing was written to the tables a consumer "
+        f"reads. Point sources.transactions at a log with more customers, or lower {lower} or "
+        "model.min_customers_per_segment"
     )
 
 
