@@ -80,7 +80,7 @@ def _mlflow_default_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 
 
 def e2e_settings(root: Path, *overrides: str) -> Settings:
-    """The shared end-to-end configuration: a 1,500-customer demo ending on E2E_END, under ``root``."""
+    """The shared end-to-end configuration: a 1,500-customer demo of 180 days ending on E2E_END, under ``root``."""
     return load_config(
         [],
         [
@@ -88,6 +88,7 @@ def e2e_settings(root: Path, *overrides: str) -> Settings:
             f"tracking.tracking_uri={root}/mlruns",
             f"demo.out={root}/demo",
             "demo.generator.customers=1500",
+            "demo.generator.days=180",  # half a year tells the six archetypes apart at half the lines
             f"demo.generator.end_date={E2E_END}",
             "quality.clock=2026-01-01T00:00:00",
             "storage.database=seg_e2e",

@@ -9,11 +9,9 @@ from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
 from seg_spark.config import SelectionSettings, StabilitySettings
-from seg_spark.errors import DataError, StageInputError
 from seg_spark.models import clustering, selection
 from seg_spark.models.validation import label_agreement
 from seg_spark.pipeline import run_pipeline
-from seg_spark.tables import Table, TableStore
 from seg_spark.tracking import resolve_tracking_uri
 
 from conftest import E2E_END, E2E_RUN, FAST, e2e_settings
@@ -148,35 +146,6 @@ def test_rerun_for_the_same_as_of_date_replaces_rather_than_duplicates(spark, e2
     # The replaced rows stay reachable through Delta time travel.
     earlier = spark.read.format("delta").option("versionAsOf", 0).load(second.tables["customer_segments"])
     assert [r[0] for r in earlier.select("run_id").distinct().collect()] == [E2E_RUN]
-
-
-def test_a_run_failing_in_features_is_rolled_back_and_recorded_with_its_error(spark, e2e_copy):
-    settings = e2e_settings(e2e_copy, "storage.database=", "run.run_id=e2e-fails", "features.as_of_date=2024-06-01")
-    store = TableStore(spark, settings)
-    clean_version = store.version(Table.TRANSACTIONS_CLEAN)
-    with pytest.raises(DataError, match="on or before the first clean transaction"):
-        run_pipeline(spark, settings)
-    rows = store.read(Table.PIPELINE_RUNS).filter("run_id = 'e2e-fails'").collect()
-    by_stage = {r.stage: r for r in sorted(rows, key=lambda r: r.started_at)}
-    assert list(by_stage) == ["ingest", "features"]  # the segment stage never started
-    failed = by_stage["features"]
-    assert failed.status == "failed" and failed.ended_at >= failed.started_at
-    assert failed.error.startswith("DataError: as-of date 2024-06-01 is on or before the first clean transaction")
-    # Its ingest had committed a new transactions_clean (and its features the daily aggregates):
-    # the rollback restored the shared run's.
-    rollback = failed.error.splitlines()[-1]
-    assert rollback.startswith("rolled back: customer_daily to version 0; feature_refresh_log to version 0;")
-    assert f"transactions_clean to version {clean_version}; transactions_quarantine to version 0" in rollback
-    assert by_stage["ingest"].status == "rolled_back" and by_stage["ingest"].error == rollback
-    clean = store.read(Table.TRANSACTIONS_CLEAN)
-    assert [r[0] for r in clean.select("ingest_run_id").distinct().collect()] == [E2E_RUN]
-    assert clean.count() == store.read(Table.TRANSACTIONS_CLEAN, version=clean_version).count()
-    assert store.history(Table.TRANSACTIONS_CLEAN, 1).first().operation == "RESTORE"
-    client = MlflowClient(tracking_uri=resolve_tracking_uri(settings.tracking.tracking_uri)[0])
-    assert client.get_run(failed.mlflow_run_id).info.status == "FAILED"
-    # A later stage of the same run would read the previous run's tables: refused.
-    with pytest.raises(StageInputError, match="the ingest stage of run e2e-fails was rolled back"):
-        run_pipeline(spark, settings, ["features"])
 
 
 def test_profiles_and_events_flow_into_the_features_of_another_as_of_date(spark, e2e_copy, tmp_path):

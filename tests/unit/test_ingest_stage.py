@@ -6,12 +6,12 @@ from mlflow.tracking import MlflowClient
 
 from seg_spark import pipeline
 from seg_spark.config import load_config
-from seg_spark.errors import DataError
+from seg_spark.errors import DataError, StageInputError
 from seg_spark.pipeline import run_pipeline
 from seg_spark.quality import QualityThresholdError
 from seg_spark.runs import RunManifest
 from seg_spark.tables import Table, TableStore
-from seg_spark.tracking import configure
+from seg_spark.tracking import configure, resolve_tracking_uri
 
 pytestmark = pytest.mark.slow  # whole ingest runs through the pipeline
 
@@ -108,3 +108,37 @@ def test_a_stage_left_running_by_a_dead_process_is_marked_abandoned(spark, tmp_p
     assert "found running when run after-kill started; rolled back: nothing had been committed" in abandoned.error
     assert rows[("after-kill", "ingest")].status == "succeeded"
     assert client.get_run(dead.info.run_id).info.status == "FAILED"
+
+
+def test_a_run_failing_in_features_rolls_back_its_ingest_and_is_recorded_with_its_error(spark, tmp_path):
+    good = tmp_path / "good.csv"
+    good.write_text(GOOD)
+    run_pipeline(spark, _settings(tmp_path, good, "good-1"), ["ingest"])
+    tracked = ("tracking.enabled=true", f"tracking.tracking_uri={tmp_path}/ml", "features.as_of_date=2024-06-01")
+    settings = _settings(tmp_path, good, "fails", *tracked, "features.product_groups.enabled=never")
+    store = TableStore(spark, settings)
+    clean_version = store.version(Table.TRANSACTIONS_CLEAN)
+    with pytest.raises(DataError, match="on or before the first clean transaction"):
+        run_pipeline(spark, settings)
+    rows = store.read(Table.PIPELINE_RUNS).filter("run_id = 'fails'").collect()
+    by_stage = {r.stage: r for r in sorted(rows, key=lambda r: r.started_at)}
+    assert list(by_stage) == ["ingest", "features"]  # the segment stage never started
+    failed = by_stage["features"]
+    assert failed.status == "failed" and failed.ended_at >= failed.started_at
+    assert failed.error.startswith("DataError: as-of date 2024-06-01 is on or before the first clean transaction")
+    # Its ingest had replaced transactions_clean and its features created the daily aggregates: undone.
+    rollback = failed.error.splitlines()[-1]
+    assert rollback == (
+        f"rolled back: transactions_clean to version {clean_version}; transactions_quarantine to version 0; "
+        "customer_daily removed (the attempt created it); feature_refresh_log removed (the attempt created it)"
+    )
+    assert by_stage["ingest"].status == "rolled_back" and by_stage["ingest"].error == rollback
+    clean = store.read(Table.TRANSACTIONS_CLEAN)
+    assert [r[0] for r in clean.select("ingest_run_id").distinct().collect()] == ["good-1"] and clean.count() == 40
+    assert store.history(Table.TRANSACTIONS_CLEAN, 1).first().operation == "RESTORE"
+    assert not store.exists(Table.CUSTOMER_DAILY)
+    client = MlflowClient(tracking_uri=resolve_tracking_uri(settings.tracking.tracking_uri)[0])
+    assert client.get_run(failed.mlflow_run_id).info.status == "FAILED"
+    # A later stage of the same run would read the previous run's tables: refused.
+    with pytest.raises(StageInputError, match="the ingest stage of run fails was rolled back"):
+        run_pipeline(spark, settings, ["features"])
