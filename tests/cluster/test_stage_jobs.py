@@ -76,7 +76,8 @@ def _command(job: str, run_id: str, overrides: list[str], package: Path) -> list
     command = [
         spark_submit,
         "--master",
-        "local[2]",
+        # One core: these jobs run beside the in-process tests, which need both cores more.
+        "local[1]",
         "--packages",
         DELTA,
         "--conf",
@@ -293,7 +294,7 @@ def _check_staged(spark: SparkSession, staged: StagedRun) -> None:
     client = MlflowClient(tracking_uri=resolve_tracking_uri(f"{staged.root}/jobs/mlruns")[0])
     experiment = client.get_experiment_by_name("seg-spark").experiment_id
     (run,) = client.search_runs(experiment, f"tags.seg_spark.run_id = '{RUN}'")
-    assert run.data.tags["spark.master"] == "local[2]"
+    assert run.data.tags["spark.master"] == "local[1]"
     assert {"transactions.input_rows", "silhouette", "feature_refresh_seconds"} <= set(run.data.metrics)
     assert len(client.search_runs(experiment, f"tags.mlflow.parentRunId = '{run.info.run_id}'")) == 2
     assert {r.mlflow_run_id for r in jobs.read(Table.PIPELINE_RUNS).collect()} == {run.info.run_id}
