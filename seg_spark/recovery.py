@@ -130,5 +130,7 @@ def rollback_attempt(store: TableStore, attempt_id: str, tables: Iterable[Table]
             result.restored[table.value] = first - 1
         except Exception as exc:  # noqa: BLE001 - one table's failure must not stop the others' rollback
             result.refused[table.value] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-    log.warning("attempt %s %s", attempt_id, result.summary())
+    # Nothing to undo (a run stopped before its first commit) is routine, not a warning.
+    level = logging.WARNING if result.restored or result.removed or result.refused else logging.INFO
+    log.log(level, "attempt %s %s", attempt_id, result.summary())
     return result
