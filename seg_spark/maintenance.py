@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from pyspark.sql import SparkSession
 
+from seg_spark.session import conf_set
 from seg_spark.tables import Table, TableStore
 
 if TYPE_CHECKING:
@@ -61,9 +62,7 @@ def maintain(store: TableStore, retention_hours: int) -> list[TableMaintenance]:
 
     done = []
     with _retention_allowed(store.spark, retention_hours):
-        for table in Table:
-            if not store.exists(table):
-                continue
+        for table in store.tables:
             handle = DeltaTable.forPath(store.spark, store.path(table))
             before = _files_and_bytes(handle)[0]
             handle.optimize().executeCompaction()
@@ -88,12 +87,5 @@ def _retention_allowed(spark: SparkSession, retention_hours: int) -> Iterator[No
     if retention_hours >= DELTA_DEFAULT_RETENTION_HOURS:
         yield
         return
-    previous = spark.conf.get(_RETENTION_CHECK, None)
-    spark.conf.set(_RETENTION_CHECK, "false")
-    try:
+    with conf_set(spark, _RETENTION_CHECK, "false"):
         yield
-    finally:
-        if previous is None:
-            spark.conf.unset(_RETENTION_CHECK)
-        else:
-            spark.conf.set(_RETENTION_CHECK, previous)

@@ -21,6 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from seg_spark.session import conf_set
 from seg_spark.tables import Table, TableStore
 
 log = logging.getLogger(__name__)
@@ -74,17 +75,9 @@ def _restore(store: TableStore, table: Table, version: int, metadata: dict) -> N
     """Restore ``table`` to ``version``; the restore commit repeats that version's metadata."""
     from delta.tables import DeltaTable
 
-    conf = store.spark.conf
-    before = conf.get(_USER_METADATA, None)
     # Readers of a table's last commit metadata (the running state) then see the restored one's.
-    conf.set(_USER_METADATA, json.dumps(metadata))
-    try:
+    with conf_set(store.spark, _USER_METADATA, json.dumps(metadata)):
         DeltaTable.forPath(store.spark, store.path(table)).restoreToVersion(version)
-    finally:
-        if before is None:
-            conf.unset(_USER_METADATA)
-        else:
-            conf.set(_USER_METADATA, before)
 
 
 def _remove(store: TableStore, table: Table) -> None:
@@ -107,7 +100,8 @@ def rollback_attempt(store: TableStore, attempt_id: str, tables: Iterable[Table]
         What was restored, removed or refused.
     """
     result = Rollback(attempt_id)
-    candidates = store.tables if tables is None else [t for t in Table if t in set(tables) and store.exists(t)]
+    wanted = set(Table) if tables is None else set(tables)
+    candidates = [t for t in Table if t in wanted and store.exists(t)]
     for table in candidates:
         if table in KEPT:
             continue

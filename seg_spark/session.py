@@ -22,6 +22,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from pyspark.sql import SparkSession
@@ -163,3 +165,17 @@ def get_spark(settings: SparkSettings | None = None) -> SparkSession:
     if "spark.jars.packages" in conf and "spark.jars.packages" not in settings.conf:
         _remember_jars(conf["spark.jars.packages"], spark)
     return spark
+
+
+@contextmanager
+def conf_set(spark: SparkSession, key: str, value: str) -> Iterator[None]:
+    """Set a session conf for the block only; its earlier value (or its absence) comes back after."""
+    previous = spark.conf.get(key, None)
+    spark.conf.set(key, value)
+    try:
+        yield
+    finally:
+        if previous is None:
+            spark.conf.unset(key)
+        else:
+            spark.conf.set(key, previous)
