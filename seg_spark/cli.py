@@ -145,11 +145,13 @@ def _checked_session(args: argparse.Namespace) -> tuple[Settings, SparkSession]:
 
 
 def _maintain(args: argparse.Namespace) -> int:
+    from seg_spark.lock import warehouse_lock
     from seg_spark.maintenance import maintain
     from seg_spark.tables import TableStore
 
     settings, spark = _checked_session(args)
-    done = maintain(TableStore(spark, settings), settings.storage.retention_hours)
+    with warehouse_lock(settings.storage.root, "seg-spark maintain"):  # never vacuum under a running run
+        done = maintain(TableStore(spark, settings), settings.storage.retention_hours)
     print(f"seg-spark maintain {settings.storage.root} (retention {settings.storage.retention_hours:g} h):")
     for table in done:
         print(f"  {table.report()}")

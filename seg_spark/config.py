@@ -723,7 +723,8 @@ def _format_errors(exc: ValidationError, origin: str) -> str:
             lines.append(f"  {path}: unknown key; allowed keys here: {', '.join(allowed)}")
         else:
             msg = err["msg"].removeprefix("Value error, ")
-            lines.append(f"  {path} = {err.get('input')!r}: {msg}")
+            # A check across sections (no key path) names its keys in the message; its input is the whole config.
+            lines.append(f"  {path} = {err.get('input')!r}: {msg}" if loc else f"  {msg}")
     return "\n".join(lines)
 
 

@@ -3,7 +3,8 @@
 Jobs and the CLI only parse arguments and call ``run_pipeline(spark, settings, stages)``.
 One call is one attempt: when any of its stages fails, every table the attempt changed is
 rolled back (``seg_spark.recovery``), so a consumer never sees a half-published run; an
-attempt whose process died is rolled back by the next call.
+attempt whose process died is rolled back by the next call. Runs of one warehouse take
+turns (``seg_spark.lock``), so that call never mistakes a live run for a dead one.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pyspark.sql import SparkSession
 from seg_spark.config import Settings
 from seg_spark.context import RunContext
 from seg_spark.errors import StageInputError
+from seg_spark.lock import warehouse_lock
 from seg_spark.maintenance import maintain
 from seg_spark.recovery import rollback_attempt
 from seg_spark.runs import StageRecord
@@ -53,19 +55,11 @@ def run_pipeline(spark: SparkSession, settings: Settings, stages: Sequence[str] 
     """
     names = ordered(stages)
     ctx = RunContext.create(spark, settings)
-    recovered = ctx.manifest.abandon_unfinished(ctx.run_id, partial(_roll_back, ctx))
-    ctx.tracker.mark_failed(sorted({r.mlflow_run_id for r in recovered if r.mlflow_run_id}))
-    started = time.monotonic()
-    results: dict[str, StageResult] = {}
-    tags = {"seg_spark.run_id": ctx.run_id, "spark.master": str(spark.sparkContext.master)}
-    resume = ctx.manifest.mlflow_run_id(ctx.run_id)
-    with ctx.tracker.run(f"pipeline-{ctx.run_id[:8]}", tags, resume=resume) as mlflow_run_id:
-        ctx = replace(ctx, mlflow_run_id=mlflow_run_id)
-        for step, name in enumerate(names, start=1):
-            log.info("[%d/%d] %s (run %s)", step, len(names), name, ctx.run_id)
-            results[name] = run_stage(ctx, name)
-    if settings.storage.maintain_after_run:
-        maintain(ctx.store, settings.storage.retention_hours)
+    with warehouse_lock(settings.storage.root, f"run {ctx.run_id} ({', '.join(names)})"):
+        started = time.monotonic()
+        results, mlflow_run_id = _run_stages(ctx, names)
+        if settings.storage.maintain_after_run:
+            maintain(ctx.store, settings.storage.retention_hours)
     tables = {t.value: ctx.store.path(t) for r in results.values() for t in r.tables}
     return PipelineResult(
         run_id=ctx.run_id,
@@ -75,6 +69,21 @@ def run_pipeline(spark: SparkSession, settings: Settings, stages: Sequence[str] 
         mlflow_run_id=mlflow_run_id,
         tracking_uri=ctx.tracker.tracking_uri(),
     )
+
+
+def _run_stages(ctx: RunContext, names: Sequence[str]) -> tuple[dict[str, StageResult], str | None]:
+    """Roll back what a dead process left, then run the stages in one MLflow run."""
+    recovered = ctx.manifest.abandon_unfinished(ctx.run_id, partial(_roll_back, ctx))
+    ctx.tracker.mark_failed(sorted({r.mlflow_run_id for r in recovered if r.mlflow_run_id}))
+    results: dict[str, StageResult] = {}
+    tags = {"seg_spark.run_id": ctx.run_id, "spark.master": str(ctx.spark.sparkContext.master)}
+    resume = ctx.manifest.mlflow_run_id(ctx.run_id)
+    with ctx.tracker.run(f"pipeline-{ctx.run_id[:8]}", tags, resume=resume) as mlflow_run_id:
+        ctx = replace(ctx, mlflow_run_id=mlflow_run_id)
+        for step, name in enumerate(names, start=1):
+            log.info("[%d/%d] %s (run %s)", step, len(names), name, ctx.run_id)
+            results[name] = run_stage(ctx, name)
+    return results, mlflow_run_id
 
 
 def run_stage(ctx: RunContext, name: str) -> StageResult:

@@ -13,7 +13,7 @@ from seg_spark.config import Settings
 from seg_spark.errors import ConfigError
 
 
-def _local_folder(location: str) -> Path | None:
+def local_folder(location: str) -> Path | None:
     """The local folder a location names (None: a remote URI such as s3a:// or dbfs:)."""
     if location.startswith("file:"):
         return Path(location.removeprefix("file:").removeprefix("//"))
@@ -28,7 +28,7 @@ def check_writable_folder(location: str, key: str) -> None:
     Raises:
         ConfigError: It is a file, or it (or the first existing parent) is not writable.
     """
-    folder = _local_folder(location)
+    folder = local_folder(location)
     if folder is None:
         return
     if folder.exists() and not folder.is_dir():

@@ -90,7 +90,7 @@ def _jar_cache(packages: str) -> Path:
     return home / "seg-spark" / f"jars-{hashlib.sha256(packages.encode()).hexdigest()[:16]}.txt"
 
 
-def _cached_jars(packages: str) -> str | None:
+def cached_jars(packages: str) -> str | None:
     """The JAR files resolved for ``packages`` by an earlier start, when they are all still there."""
     try:
         jars = _jar_cache(packages).read_text().strip()
@@ -113,7 +113,7 @@ def _remember_jars(packages: str, spark: SparkSession) -> None:
         log.debug("could not remember the resolved JARs in %s: %s", cache, exc)
 
 
-def _delta_packages() -> str:
+def delta_packages() -> str:
     """The Maven coordinate of the Delta JAR matching the installed delta-spark/pyspark."""
     from delta import configure_spark_with_delta_pip
 
@@ -150,8 +150,8 @@ def get_spark(settings: SparkSettings | None = None) -> SparkSession:
         builder = builder.master(settings.master or "local[*]")
         conf = embedded_conf(settings)
         if settings.delta_packages and not {"spark.jars.packages", "spark.jars"} & set(settings.conf):
-            packages = _delta_packages()
-            cached = _cached_jars(packages)
+            packages = delta_packages()
+            cached = cached_jars(packages)
             if cached:
                 conf["spark.jars"] = cached
             else:

@@ -23,6 +23,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.window import Window
 
 from seg_spark.config import ProductGroupSettings
+from seg_spark.errors import DataError
 from seg_spark.tables import Table, TableStore
 
 log = logging.getLogger(__name__)
@@ -192,7 +193,25 @@ def with_groups_as_categories(groups: DataFrame) -> Callable[[DataFrame], DataFr
 
 
 def needs_groups(tx: DataFrame, settings: ProductGroupSettings) -> bool:
-    """Whether categories come from product groups: always, never, or (auto) when no line has one."""
-    if settings.enabled != "auto":
-        return settings.enabled == "always"
-    return tx.filter(F.col("category").isNotNull()).limit(1).count() == 0
+    """Whether categories come from product groups: always, never, or (auto) when no line has one.
+
+    Groups need words: without any product description there is nothing to group, so auto
+    leaves the lines without categories.
+
+    Raises:
+        DataError: ``enabled`` is always and no line has a description.
+    """
+    if settings.enabled == "never":
+        return False
+    if settings.enabled == "auto" and tx.filter(F.col("category").isNotNull()).limit(1).count() > 0:
+        return False
+    if tx.filter(F.length(F.trim(F.col("description"))) > 0).limit(1).count() > 0:
+        return True
+    if settings.enabled == "always":
+        raise DataError(
+            "features.product_groups.enabled is always, but no clean transaction line has a product description "
+            "to group products by: map sources.transactions.columns.description to the description column, "
+            "or set features.product_groups.enabled to auto"
+        )
+    log.info("product groups: no line has a category or a description; the lines keep no category")
+    return False

@@ -6,9 +6,15 @@
    for every candidate (algorithm x k); each candidate gets silhouette, WSSSE, Calinski-
    Harabasz, Davies-Bouldin and, for a mixture, log-likelihood and BIC (the caller logs them).
    The rule picks the winner among candidates whose smallest segment is big enough.
-3. Stability: the winner is refitted on bootstrap resamples of the sample; each refit labels
-   the sample again and is compared with the winner (adjusted Rand index, best Jaccard per segment).
-4. Final fit on every customer; the preparation and the clustering model form one PipelineModel.
+3. The chosen candidate is the final model: it was fitted on the sample, and every customer
+   is assigned to its segments in one pass. Refitting on every customer would cost the
+   largest fit of the run and could land in a worse optimum than the one that was chosen
+   (measured at 10M lines: silhouette 0.738 against the chosen candidate's 0.7925). With
+   selection off, the configured model is fitted on the sample the same way.
+4. Stability: the final model is refitted on bootstrap resamples of the sample; each refit
+   labels the sample again and is compared with it (adjusted Rand index, best Jaccard per segment).
+
+The preparation and the clustering model form one PipelineModel.
 """
 
 from __future__ import annotations
@@ -51,6 +57,7 @@ class Candidate:
     seconds: float = 0.0
     chosen: bool = False
     elbow: bool = False
+    model: Model | None = field(default=None, repr=False, compare=False)  # fitted on the sample
 
     def record(self) -> dict[str, Any]:
         """A JSON-ready description (MLflow artifact, CLI)."""
@@ -154,6 +161,7 @@ def score_candidate(
     except (clustering.ModelInputError, clustering.FitTimeoutError) as exc:
         candidate.status = str(exc)
     else:
+        candidate.model = fitted
         candidate.metrics, sizes = evaluate(fitted, sample, dimension)
         candidate.sizes = [sizes.get(i, 0) for i in range(k)]
         candidate.metrics["smallest_segment_share"] = candidate.smallest_share
@@ -254,7 +262,7 @@ def _dimension(vectors: DataFrame) -> int:
 
 
 def segment(spark: SparkSession, data: DataFrame, features: Sequence[str], settings: ModelSettings) -> Segmentation:
-    """Prepare, select, fit on every customer, check stability and assign.
+    """Prepare, select on a sample, check the chosen model's stability and assign every customer to it.
 
     Args:
         spark: The session.
@@ -267,7 +275,7 @@ def segment(spark: SparkSession, data: DataFrame, features: Sequence[str], setti
 
     Raises:
         ModelInputError: Nothing can be segmented, or no candidate could be fitted.
-        FitTimeoutError: The final fit ran past the wall-clock limit.
+        FitTimeoutError: A fit ran past the wall-clock limit.
     """
     if data.isEmpty():
         raise clustering.ModelInputError("no customers to segment: none has a purchase before the as-of date")
@@ -304,15 +312,15 @@ def segment(spark: SparkSession, data: DataFrame, features: Sequence[str], setti
                 "model.selection.enabled is false",
                 FIXED_RULE,
             )
-        final = clustering.fit_clusterer(spark, vectors, best.algorithm, best.k, settings, lower_k=True)
-        k = clustering.model_k(final)  # lower than asked when there are fewer distinct customers
-        # The final model (fitted on everyone) is scored on the same sample as the candidates.
-        final_metrics, sizes = evaluate(final, sample, dimension)
-        if not selection.enabled:
-            best.k, best.metrics = k, final_metrics
-            best.sizes = [sizes.get(i, 0) for i in range(k)]
+        if best.model is None:  # selection off: fit the configured model on the sample, as a candidate would be
+            best.model = clustering.fit_clusterer(spark, sample, best.algorithm, best.k, settings, lower_k=True)
+            best.k = clustering.model_k(best.model)  # lower than asked when there are fewer distinct customers
+            best.metrics, sizes = evaluate(best.model, sample, dimension)
+            best.sizes = [sizes.get(i, 0) for i in range(best.k)]
             best.metrics["smallest_segment_share"] = best.smallest_share
             candidates.append(best)
+        final, k = best.model, best.k
+        final_metrics = {name: value for name, value in best.metrics.items() if name != "smallest_segment_share"}
         best.chosen = True
         log.info("chosen: %s k=%d (%s)", best.algorithm, k, reason)
         stable: dict[str, Any] = (

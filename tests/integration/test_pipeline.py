@@ -9,7 +9,8 @@ from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
 from seg_spark.config import SelectionSettings, StabilitySettings
-from seg_spark.models import clustering, selection
+from seg_spark.models import clustering, metrics, selection
+from seg_spark.models.prep import FEATURES_COL
 from seg_spark.models.validation import label_agreement
 from seg_spark.pipeline import run_pipeline
 from seg_spark.tracking import resolve_tracking_uri
@@ -211,19 +212,19 @@ def modelled(spark, e2e, e2e_root):
 
 
 def test_a_gaussian_mixture_sweep_finds_the_planted_archetypes(spark, e2e_root, modelled):
-    """Six archetypes planted; a mixture sweep over k = 5..7 (silhouette rule, three starts per k)."""
+    """Six archetypes planted; a mixture sweep over k = 6..7 (silhouette rule, three starts per k)."""
     data, features, truth = modelled
     model = e2e_settings(e2e_root).model.model_copy(
         update={
             "algorithm": "gaussian_mixture",
-            "selection": SelectionSettings(k_min=5, k_max=7),
+            "selection": SelectionSettings(k_min=6, k_max=7),
             "stability": StabilitySettings(bootstraps=0),
         }
     )
     seg = selection.segment(spark, data, features, model)
     try:
         assert model.gmm_restarts == 3
-        assert [c.k for c in seg.candidates] == [5, 6, 7] and all(c.status == "ok" for c in seg.candidates)
+        assert [c.k for c in seg.candidates] == [6, 7] and all(c.status == "ok" for c in seg.candidates)
         assert all(np.isfinite(c.metrics["bic"]) and np.isfinite(c.metrics["log_likelihood"]) for c in seg.candidates)
         assert seg.algorithm == "gaussian_mixture"
         agreement = label_agreement(seg.assignments.join(truth, "customer_id"), "archetype", "segment_id")
@@ -267,5 +268,35 @@ def test_bisecting_kmeans_keeps_a_consistent_split_hierarchy(spark, e2e_root, mo
             assert all(c["depth"] == node["depth"] + 1 for c in children)
         assert seg.stability["bootstraps"] == 2 and 0 <= seg.stability["mean_ari"] <= 1
         assert set(seg.stability["jaccard"]) == set(range(seg.k))
+    finally:
+        seg.release()
+
+
+def test_the_final_model_is_the_chosen_candidate_and_fits_everyone_as_well_as_a_full_fit(spark, e2e_root, modelled):
+    """Selection on a sample of half the customers: the final model is the chosen candidate as fitted on
+    it (same silhouette on the sample), and on every customer its WSSSE is within 0.5% of a fit on all."""
+    data, features, _ = modelled
+    model = e2e_settings(e2e_root).model.model_copy(
+        update={
+            "selection": SelectionSettings(k_min=6, k_max=6, sample_rows=700),
+            "stability": StabilitySettings(bootstraps=0),
+        }
+    )
+    seg = selection.segment(spark, data, features, model)
+    try:
+        (chosen,) = [c for c in seg.candidates if c.chosen]
+        sample_rows = seg.metrics["selection_sample_rows"]
+        assert 600 <= sample_rows <= 710 and seg.metrics["customers_modelled"] == data.count() > 2 * 600
+        assert abs(seg.metrics["silhouette"] - chosen.metrics["silhouette"]) <= 0.01
+        assert seg.model.stages[-1] is chosen.model
+
+        dimension = len(seg.vectors.first()[FEATURES_COL])
+
+        def wssse(fitted) -> float:
+            labelled = metrics.collect_labelled(fitted.transform(seg.vectors), FEATURES_COL, "segment_id", dimension)
+            return metrics.within_sum_of_squares(metrics.segment_summary(labelled))
+
+        everyone = clustering.fit_clusterer(spark, seg.vectors, "kmeans", 6, model, lower_k=False)
+        assert wssse(chosen.model) <= 1.005 * wssse(everyone)
     finally:
         seg.release()

@@ -6,7 +6,8 @@ import pytest
 from pyspark.sql import functions as F
 
 from seg_spark.config import ProductGroupSettings, load_config
-from seg_spark.features.products import NO_WORDS_GROUP, fit_groups, product_catalogue, refresh_groups
+from seg_spark.errors import DataError
+from seg_spark.features.products import NO_WORDS_GROUP, fit_groups, needs_groups, product_catalogue, refresh_groups
 from seg_spark.tables import TableStore
 
 pytestmark = pytest.mark.slow
@@ -64,3 +65,20 @@ def test_known_products_keep_their_group_and_new_ones_join_existing_groups(spark
     assert {r.product_id: r.group_id for r in after_rows if r.product_id in before} == before
     names = {r.group_id: r.group_name for r in first.collect()}
     assert all(names.get(r.group_id) == r.group_name for r in after_rows if r.group_id in names)
+
+
+def test_lines_without_categories_or_descriptions_get_no_groups_and_always_says_why(spark):
+    lines = spark.createDataFrame(
+        [("p1", None, None), ("p2", None, "  "), ("p3", None, None)],
+        "product_id string, category string, description string",
+    )
+    assert not needs_groups(lines, ProductGroupSettings(enabled="auto"))  # nothing to group by: no fit
+    assert not needs_groups(lines, ProductGroupSettings(enabled="never"))
+    with pytest.raises(DataError, match="no clean transaction line has a product description") as err:
+        needs_groups(lines, ProductGroupSettings(enabled="always"))
+    assert "sources.transactions.columns.description" in str(err.value)
+    described = lines.union(spark.createDataFrame([("p4", None, "RED MUG")], lines.schema))
+    assert needs_groups(described, ProductGroupSettings(enabled="auto"))
+    categorised = described.union(spark.createDataFrame([("p5", "mugs", "BLUE MUG")], lines.schema))
+    assert not needs_groups(categorised, ProductGroupSettings(enabled="auto"))
+    assert needs_groups(categorised, ProductGroupSettings(enabled="always"))

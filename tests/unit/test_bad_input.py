@@ -17,7 +17,7 @@ import json
 import logging
 import random
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -31,6 +31,7 @@ from pyspark.sql import functions as F
 
 from seg_spark.cli import main
 from seg_spark.config import load_config
+from seg_spark.lock import warehouse_lock
 from seg_spark.stages.ingest.stage import TooFewCustomersError, check_customers
 from seg_spark.tables import Table, TableStore
 
@@ -294,6 +295,26 @@ def _root_is_a_file(folder: Path) -> tuple[Path, list[str]]:
     return path, _args([f"storage.root={path}"])
 
 
+# Locks the cases hold for the rest of the session (their folders are the cases' own).
+_HELD: list[contextlib.AbstractContextManager[None]] = []
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _release_held_locks() -> Iterator[None]:
+    yield
+    while _HELD:
+        _HELD.pop().__exit__(None, None, None)
+
+
+def _warehouse_in_use(folder: Path) -> tuple[Path, list[str]]:
+    """A warehouse whose lock another holder has (flock: another open file conflicts even in this process)."""
+    root = folder / "busy"
+    lock = warehouse_lock(str(root), "seg-spark maintain")
+    lock.__enter__()
+    _HELD.append(lock)
+    return root, _args([f"storage.root={root}"])
+
+
 def _gzipped(fraction: float) -> bytes:
     packed = gzip.compress(_log(GOOD_LINES).encode())
     return packed[: int(len(packed) * fraction)]
@@ -380,6 +401,14 @@ CASES = [
         2,
         "storage.root = '{path}' is a file, not a folder: point storage.root at a folder",
         _root_is_a_file,
+    ),
+    Case(
+        "warehouse_in_use",
+        "a `storage.root` another seg-spark process is running on (its lock is held)",
+        2,
+        "storage.root = '{path}' is in use by another seg-spark process (seg-spark maintain, pid ",
+        _warehouse_in_use,
+        later=("runs of one warehouse take turns",),
     ),
     Case(
         "zero_byte_file",

@@ -1,8 +1,8 @@
 from seg_spark.config import SparkSettings
 from seg_spark.session import (
     LOG4J_PROFILE,
-    _cached_jars,
     _jar_cache,
+    cached_jars,
     embedded_conf,
     get_spark,
     launched_by_spark_submit,
@@ -57,11 +57,11 @@ def test_resolved_jars_are_reused_only_while_every_file_is_there(monkeypatch, tm
     jars = [tmp_path / "a.jar", tmp_path / "b.jar"]
     for jar in jars:
         jar.write_bytes(b"PK")
-    assert _cached_jars("io.delta:delta-spark_4.2_2.13:4.4.0") is None  # never resolved here
+    assert cached_jars("io.delta:delta-spark_4.2_2.13:4.4.0") is None  # never resolved here
     cache = _jar_cache("io.delta:delta-spark_4.2_2.13:4.4.0")
     cache.parent.mkdir(parents=True)
     cache.write_text(",".join(f"file://{jar}" for jar in jars))
-    assert _cached_jars("io.delta:delta-spark_4.2_2.13:4.4.0") == f"file://{jars[0]},file://{jars[1]}"
-    assert _cached_jars("io.delta:delta-spark_4.2_2.13:9.9.9") is None  # another version: resolve it
+    assert cached_jars("io.delta:delta-spark_4.2_2.13:4.4.0") == f"file://{jars[0]},file://{jars[1]}"
+    assert cached_jars("io.delta:delta-spark_4.2_2.13:9.9.9") is None  # another version: resolve it
     jars[1].unlink()  # e.g. the Ivy cache was cleared: resolve again
-    assert _cached_jars("io.delta:delta-spark_4.2_2.13:4.4.0") is None
+    assert cached_jars("io.delta:delta-spark_4.2_2.13:4.4.0") is None
