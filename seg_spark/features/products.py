@@ -5,12 +5,15 @@ One row per product (its most frequent description) goes through a Spark ML text
 and K-Means with cosine distance; products without a known word form group -1. Each group
 is named after its most frequent words. The fitted pipeline is saved next to the tables so that later runs assign new
 products to the same groups while known products keep theirs: categories, and so the daily
-aggregates, stay stable from day to day.
+aggregates, stay stable from day to day. Each fit is saved in a folder of its own, which the
+table's ``model_path`` column names: a rollback that restores the table to an earlier version
+(``seg_spark.recovery``) brings back the model that version was assigned with.
 """
 
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -30,7 +33,7 @@ log = logging.getLogger(__name__)
 
 NO_WORDS_GROUP = -1
 NO_WORDS_NAME = "no description"
-GROUP_COLUMNS = ("product_id", "description", "group_id", "group_name", "lines", "example_rank")
+GROUP_COLUMNS = ("product_id", "description", "group_id", "group_name", "lines", "example_rank", "model_path")
 
 
 def product_catalogue(tx: DataFrame) -> DataFrame:
@@ -109,7 +112,7 @@ def name_groups(assigned: DataFrame, top_words: int = 3) -> DataFrame:
     return names
 
 
-def group_table(assigned: DataFrame, examples: int) -> DataFrame:
+def group_table(assigned: DataFrame, examples: int, model_path: str) -> DataFrame:
     """The product -> group table, with the ``examples`` most-bought products of each group ranked."""
     names = name_groups(assigned)
     by_lines = Window.partitionBy("group_id").orderBy(F.desc("lines"), "product_id")
@@ -118,12 +121,17 @@ def group_table(assigned: DataFrame, examples: int) -> DataFrame:
         assigned.join(F.broadcast(names), "group_id", "left")
         .withColumn("group_name", F.coalesce("group_name", F.lit(NO_WORDS_NAME)))
         .withColumn("example_rank", F.when(rank <= examples, rank))
+        .withColumn("model_path", F.lit(model_path))
         .select(*GROUP_COLUMNS)
     )
 
 
-def fit_groups(products: DataFrame, settings: ProductGroupSettings) -> tuple[PipelineModel, DataFrame]:
+def fit_groups(
+    products: DataFrame, settings: ProductGroupSettings, model_path: str = ""
+) -> tuple[PipelineModel, DataFrame]:
     """Fit the text model on ``products`` (``product_catalogue``) and build the group table.
+
+    ``model_path`` is where the caller saves the model; the table names it in every row.
 
     K-Means uses cosine distance: with Euclidean distance sparse TF-IDF vectors collapse
     into one giant group (measured on Online Retail: 3,508 of 4,070 products).
@@ -143,30 +151,33 @@ def fit_groups(products: DataFrame, settings: ProductGroupSettings) -> tuple[Pip
     finally:
         vectors.unpersist()
     model = PipelineModel(stages=[*text.stages, clusters])
-    return model, group_table(assign(model, products), settings.examples)
+    return model, group_table(assign(model, products), settings.examples, model_path)
 
 
 def refresh_groups(store: TableStore, tx: DataFrame, settings: ProductGroupSettings) -> tuple[DataFrame, bool]:
     """Keep ``product_groups`` complete: fit it once (or on ``refit``), later only add new products.
 
-    The fitted text model is saved beside the tables, so later runs assign new products
-    to the same groups.
+    The fitted text model is saved beside the tables, in a folder of its own per fit that
+    the table names, so later runs (and the table's earlier versions) assign new products
+    with the model their groups came from.
 
     Returns:
         The product -> group table as stored, and whether the groups were (re)fitted now
         (then every day's categories change and the daily aggregates need a full refresh).
     """
     products = product_catalogue(tx)
-    model_path = store.model_path("product_groups")
-    if settings.refit or not store.exists(Table.PRODUCT_GROUPS):
+    known = store.read(Table.PRODUCT_GROUPS) if store.exists(Table.PRODUCT_GROUPS) else None
+    if settings.refit or known is None or "model_path" not in known.columns:
         log.info("product groups: fitting %s groups on product descriptions (%s)", settings.groups, settings.method)
-        model, table = fit_groups(products, settings)
-        model.write().overwrite().save(model_path)
+        # A new folder per fit: the model of the table's previous version stays where that version says.
+        model_path = store.model_path(f"product_groups-{uuid.uuid4().hex}")
+        model, table = fit_groups(products, settings, model_path)
+        model.write().save(model_path)
         store.overwrite(Table.PRODUCT_GROUPS, table)
         return store.read(Table.PRODUCT_GROUPS), True
-    known = store.read(Table.PRODUCT_GROUPS)
     new = products.join(known.select("product_id"), "product_id", "left_anti")
     if new.limit(1).count():
+        model_path = known.select("model_path").first()[0]  # type: ignore[index]
         model = PipelineModel.load(model_path)
         names = known.select("group_id", "group_name").distinct()
         added = (
@@ -174,6 +185,7 @@ def refresh_groups(store: TableStore, tx: DataFrame, settings: ProductGroupSetti
             .join(F.broadcast(names), "group_id", "left")
             .withColumn("group_name", F.coalesce("group_name", F.lit(NO_WORDS_NAME)))
             .withColumn("example_rank", F.lit(None).cast("int"))
+            .withColumn("model_path", F.lit(model_path))
             .select(*GROUP_COLUMNS)
         )
         store.append(Table.PRODUCT_GROUPS, added)

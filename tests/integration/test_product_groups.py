@@ -3,12 +3,13 @@
 from pathlib import Path
 
 import pytest
+from pyspark.ml import PipelineModel
 from pyspark.sql import functions as F
 
 from seg_spark.config import ProductGroupSettings, load_config
 from seg_spark.errors import DataError
 from seg_spark.features.products import NO_WORDS_GROUP, fit_groups, needs_groups, product_catalogue, refresh_groups
-from seg_spark.tables import TableStore
+from seg_spark.tables import Table, TableStore
 
 pytestmark = pytest.mark.slow
 
@@ -82,3 +83,20 @@ def test_lines_without_categories_or_descriptions_get_no_groups_and_always_says_
     categorised = described.union(spark.createDataFrame([("p5", "mugs", "BLUE MUG")], lines.schema))
     assert not needs_groups(categorised, ProductGroupSettings(enabled="auto"))
     assert needs_groups(categorised, ProductGroupSettings(enabled="always"))
+
+
+def test_each_fit_keeps_its_own_model_so_a_restored_table_assigns_with_the_model_it_was_made_with(
+    spark, products, tmp_path
+):
+    store = TableStore(spark, load_config([], [f"storage.root={tmp_path}"]))
+    lines = products.filter(F.col("product_id") < "20").select("product_id", "description")
+    refresh_groups(store, lines, ProductGroupSettings(groups=4, seed=1))
+    refitted, again = refresh_groups(store, lines, ProductGroupSettings(groups=5, seed=2, refit=True))
+    assert again
+    paths = [{r.model_path for r in store.read(Table.PRODUCT_GROUPS, version=v).collect()} for v in (0, 1)]
+    assert all(len(p) == 1 for p in paths) and paths[0] != paths[1]
+    (first,), (second,) = paths
+    # Version 0's model is still where version 0 says (a rollback to it assigns new products with it).
+    assert len(PipelineModel.load(first).stages[-1].clusterCenters()) == 4
+    assert len(PipelineModel.load(second).stages[-1].clusterCenters()) == 5
+    assert {r.group_id for r in refitted.collect()} <= {NO_WORDS_GROUP, 0, 1, 2, 3, 4}

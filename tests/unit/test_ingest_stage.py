@@ -7,6 +7,7 @@ from mlflow.tracking import MlflowClient
 from seg_spark import pipeline
 from seg_spark.config import load_config
 from seg_spark.errors import DataError, StageInputError
+from seg_spark.features.store import changed_days
 from seg_spark.pipeline import run_pipeline
 from seg_spark.quality import QualityThresholdError
 from seg_spark.runs import RunManifest
@@ -83,6 +84,8 @@ def test_a_failed_ingest_changes_nothing_a_consumer_reads_and_the_quarantine_doe
     again = run_pipeline(spark, _settings(tmp_path, good, "good-2", *housekeeping), ["ingest"]).stages["ingest"]
     assert maintained == [(store.path(Table.DATA_QUALITY), 12)]
     assert again.counts == first.counts
+    # The same snapshot again: its clean lines are unchanged, so transactions_clean gets no commit.
+    assert store.version(Table.TRANSACTIONS_CLEAN) == before["transactions_clean"][0]
     quarantine = store.read(Table.TRANSACTIONS_QUARANTINE).collect()
     assert [(r.source, r.reason_code, r.run_id) for r in quarantine] == [
         ("transactions", "missing_customer_id", "good-2")
@@ -111,11 +114,12 @@ def test_a_stage_left_running_by_a_dead_process_is_marked_abandoned(spark, tmp_p
 
 
 def test_a_run_failing_in_features_rolls_back_its_ingest_and_is_recorded_with_its_error(spark, tmp_path):
-    good = tmp_path / "good.csv"
+    good, later = tmp_path / "good.csv", tmp_path / "later.csv"
     good.write_text(GOOD)
+    later.write_text(GOOD + "o77,c1,2025-04-02 10:00:00,p1,1,2.0\n")  # a new month: the failing run's ingest commits
     run_pipeline(spark, _settings(tmp_path, good, "good-1"), ["ingest"])
     tracked = ("tracking.enabled=true", f"tracking.tracking_uri={tmp_path}/ml", "features.as_of_date=2024-06-01")
-    settings = _settings(tmp_path, good, "fails", *tracked, "features.product_groups.enabled=never")
+    settings = _settings(tmp_path, later, "fails", *tracked, "features.product_groups.enabled=never")
     store = TableStore(spark, settings)
     clean_version = store.version(Table.TRANSACTIONS_CLEAN)
     with pytest.raises(DataError, match="on or before the first clean transaction"):
@@ -142,3 +146,31 @@ def test_a_run_failing_in_features_rolls_back_its_ingest_and_is_recorded_with_it
     # A later stage of the same run would read the previous run's tables: refused.
     with pytest.raises(StageInputError, match="the ingest stage of run fails was rolled back"):
         run_pipeline(spark, settings, ["features"])
+
+
+def test_a_snapshot_rewrites_only_the_months_whose_lines_changed(spark, tmp_path):
+    source = tmp_path / "snapshot.csv"
+    april = "".join(f"a{i},c{i % 7},2025-04-{1 + i % 20:02d} 09:00:00,p{i % 3},1,{4.0 + i}\n" for i in range(20))
+    source.write_text(GOOD + april)
+    run_pipeline(spark, _settings(tmp_path, source, "snap-1"), ["ingest"])
+    store = TableStore(spark, _settings(tmp_path, source, "snap-1"))
+    first = store.version(Table.TRANSACTIONS_CLEAN)
+    source.write_text(GOOD + april.replace("a3,c3,2025-04-04 09:00:00,p0,1,7.0", "a3,c3,2025-04-04 09:00:00,p0,2,7.0"))
+    run_pipeline(spark, _settings(tmp_path, source, "snap-2"), ["ingest"])
+    last = store.version(Table.TRANSACTIONS_CLEAN)
+    assert last == first + 1
+    commit = store.history(Table.TRANSACTIONS_CLEAN, 1).first()
+    assert commit.operation == "WRITE" and "tx_month" in commit.operationParameters["predicate"]
+    clean = store.read(Table.TRANSACTIONS_CLEAN)
+    months = clean.select("tx_month", "ingest_run_id").distinct()
+    lineage = {(r.tx_month.month, r.ingest_run_id) for r in months.collect()}
+    assert lineage == {(3, "snap-1"), (4, "snap-2")}  # March was left as it was
+    assert clean.count() == 60 and clean.filter("order_id = 'a3'").first().quantity == 2.0
+    # The change feed, which the incremental feature refresh reads, names April's days only.
+    days = changed_days(store, first + 1, last)
+    assert {d.month for d in days} == {4} and len(days) == 20
+
+    source.write_text(GOOD)  # April leaves the snapshot: its lines leave the table
+    run_pipeline(spark, _settings(tmp_path, source, "snap-3"), ["ingest"])
+    assert store.read(Table.TRANSACTIONS_CLEAN).count() == 40
+    assert {d.month for d in changed_days(store, last + 1, store.version(Table.TRANSACTIONS_CLEAN))} == {4}
