@@ -33,6 +33,7 @@ from seg_spark.tables import SIDE_TABLES, Predicate, Table, TableStore, where, w
 log = logging.getLogger(__name__)
 # Lineage, not content: a line that did not change keeps the run id that first wrote it.
 LINEAGE_COLUMNS = ("ingest_run_id",)
+CHANGE_FEED = {"delta.enableChangeDataFeed": "true"}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -229,7 +230,8 @@ def _replace_changed_months(store: TableStore, dated: DataFrame) -> bool:
         Whether anything was committed.
     """
     if not _same_layout(store, dated):  # no table yet, an earlier layout or other columns: write it whole
-        store.overwrite(Table.TRANSACTIONS_CLEAN, dated, partition_by=[TX_MONTH])
+        # The change feed on in the same commit (rather than in one of its own after it).
+        store.overwrite(Table.TRANSACTIONS_CLEAN, dated, partition_by=[TX_MONTH], table_properties=CHANGE_FEED)
         return True
     months = changed_months(dated, store.read(Table.TRANSACTIONS_CLEAN))
     if not months:
