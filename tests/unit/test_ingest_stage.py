@@ -3,6 +3,7 @@ were, and the quarantine holds the current snapshot's bad rows once."""
 
 import pytest
 from mlflow.tracking import MlflowClient
+from pyspark.sql import functions as F
 
 from seg_spark import pipeline
 from seg_spark.config import load_config
@@ -156,16 +157,18 @@ def test_a_snapshot_rewrites_only_the_months_whose_lines_changed(spark, tmp_path
     store = TableStore(spark, _settings(tmp_path, source, "snap-1"))
     first = store.version(Table.TRANSACTIONS_CLEAN)
     assert first == 0  # created with its change feed on in the same commit (changed_days below reads it)
-    source.write_text(GOOD + april.replace("a3,c3,2025-04-04 09:00:00,p0,1,7.0", "a3,c3,2025-04-04 09:00:00,p0,2,7.0"))
-    run_pipeline(spark, _settings(tmp_path, source, "snap-2"), ["ingest"])
+    # The next export, under a new file name, changes one April line.
+    renamed = tmp_path / "snapshot-2.csv"
+    renamed.write_text(GOOD + april.replace("a3,c3,2025-04-04 09:00:00,p0,1,7.0", "a3,c3,2025-04-04 09:00:00,p0,2,7.0"))
+    run_pipeline(spark, _settings(tmp_path, renamed, "snap-2"), ["ingest"])
     last = store.version(Table.TRANSACTIONS_CLEAN)
     assert last == first + 1
     commit = store.history(Table.TRANSACTIONS_CLEAN, 1).first()
     assert commit.operation == "WRITE" and "tx_month" in commit.operationParameters["predicate"]
     clean = store.read(Table.TRANSACTIONS_CLEAN)
-    months = clean.select("tx_month", "ingest_run_id").distinct()
-    lineage = {(r.tx_month.month, r.ingest_run_id) for r in months.collect()}
-    assert lineage == {(3, "snap-1"), (4, "snap-2")}  # March was left as it was
+    months = clean.select("tx_month", "ingest_run_id", F.element_at(F.split("source_file", "/"), -1)).distinct()
+    lineage = {(r[0].month, r[1], r[2]) for r in months.collect()}
+    assert lineage == {(3, "snap-1", "snapshot.csv"), (4, "snap-2", "snapshot-2.csv")}  # March was left as it was
     assert clean.count() == 60 and clean.filter("order_id = 'a3'").first().quantity == 2.0
     # The change feed, which the incremental feature refresh reads, names April's days only.
     days = changed_days(store, first + 1, last)

@@ -31,8 +31,9 @@ from seg_spark.stages import StageResult
 from seg_spark.tables import SIDE_TABLES, Predicate, Table, TableStore, where, where_in
 
 log = logging.getLogger(__name__)
-# Lineage, not content: a line that did not change keeps the run id that first wrote it.
-LINEAGE_COLUMNS = ("ingest_run_id",)
+# Lineage, not content: a line that did not change keeps the run and the file that first wrote it
+# (a snapshot exported daily under a new file name is still the same lines).
+LINEAGE_COLUMNS = ("ingest_run_id", "source_file")
 CHANGE_FEED = {"delta.enableChangeDataFeed": "true"}
 
 
