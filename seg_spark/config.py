@@ -506,6 +506,12 @@ class ModelSettings(_Strict):
         description="gaussian_mixture: fits from different random starts (seeds seed, seed+1, ...); the one "
         "with the highest log-likelihood is kept, as MLlib starts a mixture from random points, not k-means.",
     )
+    kmeans_restarts: int = Field(
+        default=3,
+        ge=1,
+        description="kmeans: k-means|| starts per fit (seeds seed, seed+1, ...); the one with the lowest "
+        "within-segment sum of squares is kept, as one start can end in a poor local optimum.",
+    )
     fit_timeout_seconds: float = Field(
         default=1800, gt=0, description="Wall-clock limit per fit; a fit over it is cancelled and reported."
     )

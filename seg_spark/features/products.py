@@ -167,6 +167,7 @@ def refresh_groups(store: TableStore, tx: DataFrame, settings: ProductGroupSetti
     """
     products = product_catalogue(tx)
     known = store.read(Table.PRODUCT_GROUPS) if store.exists(Table.PRODUCT_GROUPS) else None
+    # A table written before each fit had its own folder names no model: it is refitted once.
     if settings.refit or known is None or "model_path" not in known.columns:
         log.info("product groups: fitting %s groups on product descriptions (%s)", settings.groups, settings.method)
         # A new folder per fit: the model of the table's previous version stays where that version says.

@@ -250,10 +250,29 @@ def fit_clusterer(
     seed = settings.seed if seed is None else seed
     if algorithm == "gaussian_mixture":
         return _fit_mixture(spark, vectors, k, settings, seed)
+    if algorithm == "kmeans" and settings.kmeans_restarts > 1:
+        return _fit_kmeans(spark, vectors, k, settings, seed)
     estimator = make_clusterer(algorithm, k, settings, seed)
     return run_with_time_limit(
         spark, settings.fit_timeout_seconds, f"{algorithm} k={k}", lambda: estimator.fit(vectors)
     )
+
+
+def _fit_kmeans(spark: SparkSession, vectors: DataFrame, k: int, settings: ModelSettings, seed: int) -> Model:
+    """The best of ``model.kmeans_restarts`` K-Means fits by within-segment sum of squares (training cost).
+
+    One k-means|| start can end in a poor local optimum even on well-separated groups, and
+    which one depends on the order rows arrive in; the starts differ only by seed.
+    """
+
+    def start(restart: int) -> Model:
+        estimator = make_clusterer("kmeans", k, settings, seed + restart)
+        description = f"kmeans k={k} start {restart + 1}/{settings.kmeans_restarts}"
+        fit = functools.partial(estimator.fit, vectors)
+        return run_with_time_limit(spark, settings.fit_timeout_seconds, description, fit)
+
+    starts = (start(restart) for restart in range(settings.kmeans_restarts))  # one after another
+    return min(starts, key=lambda model: cast(KMeansModel, model).summary.trainingCost)
 
 
 def _fit_mixture(spark: SparkSession, vectors: DataFrame, k: int, settings: ModelSettings, seed: int) -> Model:

@@ -281,10 +281,14 @@ def segment(spark: SparkSession, data: DataFrame, features: Sequence[str], setti
         raise clustering.ModelInputError("no customers to segment: none has a purchase before the as-of date")
     prep_model, preparation = clustering.prepare(data, features, settings.prep)
     partitions = max(spark.sparkContext.defaultParallelism, 1)
+    # Rows in an order fixed by the customer ids alone: MLlib's starts (k-means||, a mixture's
+    # initial sample) depend on the order rows arrive in, and the order after a shuffle
+    # depends on which map output was fetched first. The same customers, the same starts.
     vectors = (
         prep_model.transform(data)
         .select("customer_id", ACTIVITY, FEATURES_COL)
-        .repartition(partitions)
+        .repartition(partitions, "customer_id")
+        .sortWithinPartitions("customer_id")
         .persist(StorageLevel.MEMORY_AND_DISK)
     )
     selection, bootstraps = settings.selection, settings.stability.bootstraps
