@@ -250,7 +250,7 @@ def fit_clusterer(
     seed = settings.seed if seed is None else seed
     if algorithm == "gaussian_mixture":
         return _fit_mixture(spark, vectors, k, settings, seed)
-    if algorithm == "kmeans" and settings.kmeans_restarts > 1:
+    if algorithm == "kmeans":
         return _fit_kmeans(spark, vectors, k, settings, seed)
     estimator = make_clusterer(algorithm, k, settings, seed)
     return run_with_time_limit(

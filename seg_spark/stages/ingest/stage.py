@@ -206,22 +206,18 @@ def month_digests(lines: DataFrame) -> DataFrame:
     return lines.groupBy(TX_MONTH).agg(F.count(F.lit(1)).alias("lines"), F.sum(row_hash).alias("digest"))
 
 
+def _digests(lines: DataFrame) -> dict[date, tuple[int, object]]:
+    return {r[TX_MONTH]: (r["lines"], r["digest"]) for r in month_digests(lines).collect()}  # a row per month
+
+
 def changed_months(new: DataFrame, stored: DataFrame) -> list[date]:
     """Months whose lines differ between ``new`` and ``stored`` (added, changed or gone), sorted."""
-    digests: dict[str, dict[date, tuple[int, object]]] = {}
-    for name, lines in (("new", new), ("stored", stored)):
-        rows = month_digests(lines).collect()  # one row per month
-        digests[name] = {r[TX_MONTH]: (r["lines"], r["digest"]) for r in rows}
-    months = digests["new"].keys() | digests["stored"].keys()
-    return sorted(m for m in months if digests["new"].get(m) != digests["stored"].get(m))
+    now, before = _digests(new), _digests(stored)
+    return sorted(m for m in now.keys() | before.keys() if now.get(m) != before.get(m))
 
 
-def _same_layout(store: TableStore, lines: DataFrame) -> bool:
-    """Whether ``transactions_clean`` exists, by month, with the columns and types of ``lines``."""
-    if store.partition_columns(Table.TRANSACTIONS_CLEAN) != [TX_MONTH]:
-        return False
-    stored = store.read(Table.TRANSACTIONS_CLEAN).schema
-    return {(f.name, f.dataType) for f in stored.fields} == {(f.name, f.dataType) for f in lines.schema.fields}
+def _columns(df: DataFrame) -> set[tuple[str, object]]:
+    return {(f.name, f.dataType) for f in df.schema.fields}
 
 
 def _replace_changed_months(store: TableStore, dated: DataFrame) -> bool:
@@ -230,11 +226,13 @@ def _replace_changed_months(store: TableStore, dated: DataFrame) -> bool:
     Returns:
         Whether anything was committed.
     """
-    if not _same_layout(store, dated):  # no table yet, an earlier layout or other columns: write it whole
-        # The change feed on in the same commit (rather than in one of its own after it).
+    by_month = store.partition_columns(Table.TRANSACTIONS_CLEAN) == [TX_MONTH]  # [] when there is no table yet
+    stored = store.read(Table.TRANSACTIONS_CLEAN) if by_month else None
+    if stored is None or _columns(stored) != _columns(dated):  # no table, an earlier layout or other columns
+        # Written whole, with the change feed on in the same commit (rather than in one of its own after it).
         store.overwrite(Table.TRANSACTIONS_CLEAN, dated, partition_by=[TX_MONTH], table_properties=CHANGE_FEED)
         return True
-    months = changed_months(dated, store.read(Table.TRANSACTIONS_CLEAN))
+    months = changed_months(dated, stored)
     if not months:
         log.info("%s: the snapshot's clean lines are unchanged; nothing written", store.name(Table.TRANSACTIONS_CLEAN))
         return False
