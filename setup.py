@@ -40,6 +40,10 @@ setup(
             "ruff>=0.15",
             "mypy>=1.10",
             "scikit-learn>=1.5",  # test-only reference for metrics
+            # bench/run.py's single-machine reference (DuckDB + scikit-learn) and its Delta reader;
+            # the suite runs the harness at a smoke size.
+            "duckdb>=1.1",
+            "deltalake>=1.0",
         ],
     },
     entry_points={

@@ -515,6 +515,12 @@ class ModelSettings(_Strict):
     fit_timeout_seconds: float = Field(
         default=1800, gt=0, description="Wall-clock limit per fit; a fit over it is cancelled and reported."
     )
+    parallel_fits: int = Field(
+        default=2,
+        ge=1,
+        description="Model-selection candidates and stability refits fitted at once (Spark runs jobs of several "
+        "driver threads side by side): a fit on a bounded sample is many short jobs that leave cores idle.",
+    )
     features: tuple[str, ...] = Field(
         default=RFM_FEATURES,
         description="Feature columns (see docs/FEATURES.md); globs like cat_*_share select dynamic ones.",

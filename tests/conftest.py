@@ -20,13 +20,15 @@ from seg_spark.session import get_spark
 E2E_END = date(2026, 1, 1)
 E2E_RUN = "e2e-run-1"
 # Reruns that test other things fit the model directly (no sweep, no bootstraps).
-FAST = ("model.selection.enabled=false", "model.stability.bootstraps=0")
+# One K-Means start: these tests are about what the run writes, not how good the fit is.
+FAST = ("model.selection.enabled=false", "model.stability.bootstraps=0", "model.kmeans_restarts=1")
 
 
-# Subprocess jobs (spark-submit) spend most of their time starting JVMs; they run in this thread
-# while the in-process tests run, and the tests that check them run last.
+# Subprocess jobs (spark-submit, the benchmark harness) spend most of their time starting JVMs; they
+# run in these threads, side by side and at the lowest priority, while the in-process tests run,
+# and the tests that check them run last.
 BACKGROUND = pytest.StashKey[Future]()
-_background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="background-jobs")
+_background = ThreadPoolExecutor(max_workers=2, thread_name_prefix="background-jobs")
 
 
 def pytest_configure(config: pytest.Config) -> None:

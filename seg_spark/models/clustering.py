@@ -15,6 +15,7 @@ import logging
 import threading
 import uuid
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar, cast
 
 import numpy as np
@@ -46,6 +47,7 @@ ALGORITHMS = ("kmeans", "bisecting_kmeans", "gaussian_mixture")
 COLLAPSE_RATIO = 1e-8
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 class ModelInputError(DataError):
@@ -178,6 +180,20 @@ def run_with_time_limit(spark: SparkSession, seconds: float, description: str, a
     return outcome["value"]
 
 
+def in_parallel(fit: Callable[[T], R], items: Sequence[T], workers: int) -> list[R]:
+    """``fit`` over ``items``, at most ``workers`` at once, results in the order of ``items``.
+
+    Spark runs the jobs of several driver threads side by side. A fit on a bounded sample is
+    many short jobs (one per iteration) with the driver scheduling in between, which leaves
+    cores idle; other fits fill them. Each fit is deterministic on its own (its seed and its
+    input's row order), so running fits side by side changes no result.
+    """
+    if workers <= 1 or len(items) <= 1:
+        return [fit(item) for item in items]
+    with ThreadPoolExecutor(max_workers=min(workers, len(items)), thread_name_prefix="seg-spark-fit") as pool:
+        return list(pool.map(fit, items))
+
+
 def jittered(vectors: DataFrame, scale: float, seed: int) -> DataFrame:
     """Add deterministic uniform noise of standard deviation ``scale`` to every coordinate.
 
@@ -271,7 +287,7 @@ def _fit_kmeans(spark: SparkSession, vectors: DataFrame, k: int, settings: Model
         fit = functools.partial(estimator.fit, vectors)
         return run_with_time_limit(spark, settings.fit_timeout_seconds, description, fit)
 
-    starts = (start(restart) for restart in range(settings.kmeans_restarts))  # one after another
+    starts = in_parallel(start, list(range(settings.kmeans_restarts)), settings.parallel_fits)
     return min(starts, key=lambda model: cast(KMeansModel, model).summary.trainingCost)
 
 

@@ -227,25 +227,29 @@ def stability(
         FEATURES_COL, F.col(clustering.SEGMENT_COL).cast("int").alias("reference")
     )
     labelled = labelled.persist(StorageLevel.MEMORY_AND_DISK)
-    aris: list[float] = []
-    jaccards: dict[int, list[float]] = {i: [] for i in range(k)}
+
+    def refit(b: int) -> tuple[float, dict[Any, float]] | None:
+        resample = sample.sample(withReplacement=True, fraction=1.0, seed=settings.seed + 1000 + b)
+        try:
+            model = clustering.fit_clusterer(
+                spark, resample, algorithm, k, settings, seed=settings.seed + 1 + b, lower_k=False
+            )
+        except clustering.ModelInputError as exc:
+            log.warning("stability bootstrap %d could not be fitted: %s", b, exc)
+            return None
+        cells = contingency(model.transform(labelled), "reference", clustering.SEGMENT_COL)
+        return ari_from_cells(cells), best_jaccard(cells)
+
     try:
-        for b in range(runs):
-            resample = sample.sample(withReplacement=True, fraction=1.0, seed=settings.seed + 1000 + b)
-            try:
-                refit = clustering.fit_clusterer(
-                    spark, resample, algorithm, k, settings, seed=settings.seed + 1 + b, lower_k=False
-                )
-            except clustering.ModelInputError as exc:
-                log.warning("stability bootstrap %d could not be fitted: %s", b, exc)
-                continue
-            cells = contingency(refit.transform(labelled), "reference", clustering.SEGMENT_COL)
-            aris.append(ari_from_cells(cells))
-            for segment, value in best_jaccard(cells).items():
-                # The reference labels are segment ids cast to int in Spark.
-                jaccards.setdefault(int(cast(int, segment)), []).append(value)
+        refits = [r for r in clustering.in_parallel(refit, list(range(runs)), settings.parallel_fits) if r is not None]
     finally:
         labelled.unpersist()
+    aris = [ari for ari, _ in refits]
+    jaccards: dict[int, list[float]] = {i: [] for i in range(k)}
+    for _, best in refits:
+        for segment, value in best.items():
+            # The reference labels are segment ids cast to int in Spark.
+            jaccards.setdefault(int(cast(int, segment)), []).append(value)
     mean_jaccard = {s: (sum(v) / len(v) if v else 0.0) for s, v in jaccards.items()}
     return {
         "bootstraps": len(aris),
@@ -304,10 +308,16 @@ def segment(spark: SparkSession, data: DataFrame, features: Sequence[str], setti
         rule: str
         if selection.enabled:
             algorithms = selection.algorithms or (settings.algorithm,)
-            for algorithm in algorithms:
-                for k in range(selection.k_min, selection.k_max + 1):
-                    log.info("model selection: %s k=%d on %d customers", algorithm, k, sample_rows)
-                    candidates.append(score_candidate(spark, sample, algorithm, k, settings, dimension))
+            grid = [(a, k) for a in algorithms for k in range(selection.k_min, selection.k_max + 1)]
+            log.info(
+                "model selection: %d candidates (%s, k = %d..%d) on %d customers, %d at once",
+                len(grid), ", ".join(algorithms), selection.k_min, selection.k_max, sample_rows, settings.parallel_fits,
+            )  # fmt: skip
+
+            def score(candidate: tuple[str, int]) -> Candidate:
+                return score_candidate(spark, sample, candidate[0], candidate[1], settings, dimension)
+
+            candidates = clustering.in_parallel(score, grid, settings.parallel_fits)
             best, reason = choose(candidates, selection.rule, selection.min_segment_share)
             rule = selection.rule
         else:

@@ -63,6 +63,7 @@ def _overrides(root: Path, demo: Path) -> list[str]:
         "model.selection.enabled=false",
         "model.k=3",
         "model.stability.bootstraps=0",
+        "model.kmeans_restarts=1",
     ]
 
 

@@ -56,6 +56,7 @@ def result(spark, tmp_path_factory):
             "model.selection.enabled=false",
             "model.k=4",
             "model.stability.bootstraps=0",
+            "model.kmeans_restarts=1",
             # Product groups on these descriptions are tested in test_product_groups.py.
             "features.product_groups.enabled=never",
             # MLflow logging is tested on the demo runs; the real log is about the data.

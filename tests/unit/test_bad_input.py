@@ -86,6 +86,7 @@ def settings_overrides(root: Path) -> list[str]:
         "model.selection.enabled=false",
         "model.k=2",
         "model.stability.bootstraps=0",
+        "model.kmeans_restarts=1",
         "model.min_customers_per_segment=2",
     ]
 
