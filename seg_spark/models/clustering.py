@@ -185,8 +185,8 @@ def in_parallel(fit: Callable[[T], R], items: Sequence[T], workers: int) -> list
 
     Spark runs the jobs of several driver threads side by side. A fit on a bounded sample is
     many short jobs (one per iteration) with the driver scheduling in between, which leaves
-    cores idle; other fits fill them. Each fit is deterministic on its own (its seed and its
-    input's row order), so running fits side by side changes no result.
+    cores idle; other fits fill them. Each fit depends only on its seed and its input's row
+    order, so side by side they are the fits one after another would give.
     """
     if workers <= 1 or len(items) <= 1:
         return [fit(item) for item in items]
