@@ -374,6 +374,9 @@ def markdown(result: dict[str, Any]) -> str:
         "|---|---|---|---|",
         *[f"| {name} | {a} | {b} | {c}x |" for name, a, b, c in rows],
         "",
+        f"Peak memory of seg-spark's driver: Python {_median(seg['runs'], 'peak_python_mib')} MiB, "
+        f"JVM {_median(seg['runs'], 'peak_jvm_mib')} MiB (driver and executors in local mode).",
+        "",
         f"Daily incremental run (one day appended): {result['daily']['wall_s']} s, "
         f"{ratios['daily_over_full']:.1%} of the full run; stages {result['daily']['stages_s']}.",
         "",
