@@ -518,8 +518,9 @@ class ModelSettings(_Strict):
     parallel_fits: int = Field(
         default=2,
         ge=1,
-        description="Model-selection candidates and stability refits fitted at once (Spark runs jobs of several "
-        "driver threads side by side): a fit on a bounded sample is many short jobs that leave cores idle.",
+        description="Fits run at once: model-selection candidates, stability refits and the K-Means starts of "
+        "one fit (Spark runs the jobs of several driver threads side by side): a fit on a bounded sample is many "
+        "short jobs that leave cores idle. The results do not depend on it.",
     )
     features: tuple[str, ...] = Field(
         default=RFM_FEATURES,

@@ -281,7 +281,8 @@ def test_k_lowered_below_the_sweep_and_failed_stability_are_refused(spark):
 
 
 def test_kmeans_keeps_the_start_with_the_lowest_within_segment_sum_of_squares(spark):
-    """Each start differs only by its seed; the kept model is the cheapest of them."""
+    """Each start differs only by its seed; the kept model is the cheapest of them. The starts run side by
+    side (model.parallel_fits) and give the fits one after another gives."""
     data = customers(spark, three_groups(90) + [(5.0, 5.0, 0.0), (4.0, 6.0, 1.0)])
     vectors = clustering.prepare(data, FEATURES, PrepSettings(log1p_features=(), winsorize=None))[0].transform(data)
     vectors = vectors.cache()
@@ -291,9 +292,22 @@ def test_kmeans_keeps_the_start_with_the_lowest_within_segment_sum_of_squares(sp
             clustering.fit_clusterer(spark, vectors, "kmeans", 4, one_start, seed=5 + s, lower_k=False)
             for s in (0, 1, 2)
         ]
-        best = clustering.fit_clusterer(spark, vectors, "kmeans", 4, fixed(4, kmeans_restarts=3, seed=5), lower_k=False)
+        side_by_side = fixed(4, kmeans_restarts=3, seed=5, parallel_fits=3)
+        best = clustering.fit_clusterer(spark, vectors, "kmeans", 4, side_by_side, lower_k=False)
         costs = [m.summary.trainingCost for m in singles]
         assert best.summary.trainingCost == pytest.approx(min(costs), rel=1e-12)
         assert best.getSeed() == 5 + costs.index(min(costs))
     finally:
         vectors.unpersist()
+
+
+def test_fits_side_by_side_come_back_in_the_order_asked_from_as_many_threads_as_allowed():
+    def fit(item: int) -> tuple[int, str]:
+        time.sleep(0.05 * (3 - item))  # the first asked finishes last
+        return item, threading.current_thread().name
+
+    side_by_side = clustering.in_parallel(fit, [0, 1, 2], workers=2)
+    assert [item for item, _ in side_by_side] == [0, 1, 2]
+    assert len({thread for _, thread in side_by_side}) == 2
+    one_after_another = clustering.in_parallel(fit, [0, 1, 2], workers=1)
+    assert {thread for _, thread in one_after_another} == {threading.current_thread().name}
