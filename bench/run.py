@@ -162,7 +162,7 @@ def generated_log(size: str, workdir: Path) -> tuple[Path, Path, int]:
 
 
 def _split(source: Path, history: Path, last_day: Path) -> None:
-    """The log without its last day (one Parquet file per part, for both sides to read alike) and that day."""
+    """Write the log without its last day, and that day, each as one Parquet file both sides read."""
     import duckdb
 
     cut = datetime.combine(END - timedelta(days=1), datetime.min.time())
@@ -229,7 +229,7 @@ def seg_spark_runs(history: Path, last_day: Path, root: Path, extra: list[str]) 
 def reference_run(history: Path, root: Path, extra: list[str], threads: int) -> dict[str, Any]:
     """The reference as its own process (``--reference-child``), its results under ``root``."""
     command = [sys.executable, str(Path(__file__).resolve()), "--reference-child", str(history), str(root)]
-    command += ["--threads", str(threads), *[arg for item in extra for arg in ("--set", item)]]
+    command += ["--threads", str(threads), *_sets(extra)]
     usage = measured(command, root / "reference.log")
     outcome = json.loads((root / "reference.json").read_text())
     return {**usage.as_dict(), **outcome}
