@@ -41,8 +41,9 @@ from sklearn.metrics import adjusted_rand_score, calinski_harabasz_score, davies
 from sklearn.metrics.cluster import contingency_matrix
 from threadpoolctl import threadpool_limits
 
-from seg_spark.catalogue import DAYPARTS, DAYS_OF_WEEK, RFM_SEGMENT_RULES, slug
+from seg_spark.catalogue import DAYPARTS, DAYS_OF_WEEK, RFM_SEGMENT_RULES
 from seg_spark.config import Settings
+from seg_spark.features.behaviour import _named  # column names are seg-spark's contract: the same function
 
 # seg-spark's reason codes (seg_spark.quality.REASON_CODES), in rule order; check_reference.py keeps them equal.
 REASON_CODES: tuple[str, ...] = (
@@ -459,20 +460,6 @@ def _as_of(con: duckdb.DuckDBPyConnection, settings: Settings) -> date:
     return as_of
 
 
-def _named(values: Sequence[str], prefix: str) -> list[tuple[str, str]]:
-    """(value, column) pairs with unique column names ('other' is reserved), as seg-spark names them."""
-    taken = {f"{prefix}_other_share"}
-    pairs = []
-    for value in values:
-        base = f"{prefix}_{slug(value)}"
-        column, n = f"{base}_share", 2
-        while column in taken:
-            column, n = f"{base}_{n}_share", n + 1
-        taken.add(column)
-        pairs.append((value, column))
-    return pairs
-
-
 def _ratio(numerator: str, denominator: str) -> str:
     """seg-spark's ``_ratio``: both sides as doubles, null unless the denominator is positive."""
     return f"(CAST({numerator} AS DOUBLE) / CASE WHEN {denominator} > 0 THEN CAST({denominator} AS DOUBLE) END)"
@@ -531,7 +518,7 @@ def _top_keys(con: duckdb.DuckDBPyConnection, query: str, n: int) -> list[str]:
 
 
 def _feature_sql(
-    as_of: date, settings: Settings, categories: list[tuple[str, str]], channels: list[tuple[str, str]]
+    as_of: date, settings: Settings, categories: Sequence[tuple[str, str]], channels: Sequence[tuple[str, str]]
 ) -> str:
     """The per-customer state (one aggregation over the orders) and every feature derived from it."""
     families = set(settings.features.families)
@@ -719,8 +706,8 @@ def _features(con: duckdb.DuckDBPyConnection, settings: Settings) -> tuple[pd.Da
     as_of = _as_of(con, settings)
     _build_order_tables(con, as_of, "mix" in settings.features.families)
     mix = settings.features.mix
-    categories: list[tuple[str, str]] = []
-    channels: list[tuple[str, str]] = []
+    categories: Sequence[tuple[str, str]] = ()
+    channels: Sequence[tuple[str, str]] = ()
     if "mix" in settings.features.families:
         names = mix.categories
         if names is None:
