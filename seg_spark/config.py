@@ -462,6 +462,12 @@ class SelectionSettings(_Strict):
         default=200_000, ge=100, description="Customers in the selection sample (stratified by activity)."
     )
     strata: int = Field(default=5, ge=1, description="Activity bands (frequency quantiles) the sample is drawn from.")
+    rows_per_partition: int = Field(
+        default=100_000,
+        ge=1,
+        description="Sample rows per partition (at most one partition per core): each K-Means iteration is a "
+        "job with one task per partition, and on a small sample the tasks cost more than the arithmetic.",
+    )
 
     @model_validator(mode="after")
     def _range(self) -> SelectionSettings:
@@ -509,8 +515,9 @@ class ModelSettings(_Strict):
     kmeans_restarts: int = Field(
         default=3,
         ge=1,
-        description="kmeans: k-means|| starts per fit (seeds seed, seed+1, ...); the one with the lowest "
-        "within-segment sum of squares is kept, as one start can end in a poor local optimum.",
+        description="kmeans: starts per fit (k-means++ on the driver for the selection sample, k-means|| in "
+        "MLlib); the one with the lowest within-segment sum of squares is kept, as one start can end in a poor "
+        "local optimum.",
     )
     fit_timeout_seconds: float = Field(
         default=1800, gt=0, description="Wall-clock limit per fit; a fit over it is cancelled and reported."
@@ -518,9 +525,10 @@ class ModelSettings(_Strict):
     parallel_fits: int = Field(
         default=2,
         ge=1,
-        description="Fits run at once: model-selection candidates, stability refits and the K-Means starts of "
-        "one fit (Spark runs the jobs of several driver threads side by side): a fit on a bounded sample is many "
-        "short jobs that leave cores idle. The results do not depend on it.",
+        description="MLlib fits run at once: model-selection candidates and stability refits of bisecting "
+        "K-Means and mixtures, the K-Means starts of an MLlib fit (Spark runs the jobs of several driver threads "
+        "side by side): a fit on a bounded sample is many short jobs that leave cores idle. The results do not "
+        "depend on it.",
     )
     features: tuple[str, ...] = Field(
         default=RFM_FEATURES,

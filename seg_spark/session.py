@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -82,6 +83,22 @@ def embedded_conf(settings: SparkSettings, cores: int | None = None) -> dict[str
 
 
 LOG4J_PROFILE = Path(__file__).with_name("log4j2.properties")
+
+
+def task_slots(spark: SparkSession) -> int:
+    """Tasks the session runs at once: a local master's threads, otherwise the default parallelism.
+
+    The embedded default sets ``spark.default.parallelism`` to four tasks per core (AQE
+    coalesces shuffles), so in local mode the threads are read from the master itself.
+    """
+    master = spark.sparkContext.master or ""
+    local = re.fullmatch(r"local(?:\[(\*|\d+)(?:,\d+)?\])?", master)
+    if local is None:
+        return max(spark.sparkContext.defaultParallelism, 1)
+    threads = local.group(1)
+    if threads is None:
+        return 1
+    return os.cpu_count() or 1 if threads == "*" else max(int(threads), 1)
 
 
 def _jar_cache(packages: str) -> Path:

@@ -30,11 +30,13 @@ from pyspark.ml.clustering import (
     KMeansModel,
 )
 from pyspark.ml.functions import array_to_vector, vector_to_array
+from pyspark.ml.linalg import Vectors
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from seg_spark.config import ModelSettings, PrepSettings
 from seg_spark.errors import DataError
+from seg_spark.models import local_kmeans
 from seg_spark.models.prep import FEATURES_COL, Preparation, plan_preparation
 
 log = logging.getLogger(__name__)
@@ -133,17 +135,28 @@ def check_input(vectors: DataFrame, k: int, algorithm: str) -> int:
     ).first()
     if row is None:  # a global aggregation always has exactly one row
         raise RuntimeError("the input check aggregation returned no row")
-    if row["n"] == 0:
+    return _checked_k(row["n"], row["bad"] or 0, lambda: distinct_points(vectors, k), k, algorithm)
+
+
+def check_rows(rows: np.ndarray, k: int, algorithm: str) -> int:
+    """``check_input`` for prepared rows on the driver (n x d): the k that can be fitted, or a clear error."""
+    bad = int((~np.isfinite(rows)).any(axis=1).sum())
+    return _checked_k(len(rows), bad, lambda: len(np.unique(rows, axis=0)) if len(rows) else 0, k, algorithm)
+
+
+def _checked_k(rows: int, bad: int, count_distinct: Callable[[], int], k: int, algorithm: str) -> int:
+    """The outcomes documented in ``check_input``, from the row count, the non-finite rows and the distinct rows."""
+    if rows == 0:
         raise ModelInputError("no customers to segment: none has a purchase before the as-of date")
-    if row["bad"]:
+    if bad:
         raise ModelInputError(
-            f"{row['bad']} customers have NaN or infinite prepared features; check model.prep "
+            f"{bad} customers have NaN or infinite prepared features; check model.prep "
             "(impute is on by default) and the features they come from"
         )
-    distinct = distinct_points(vectors, k)
+    distinct = count_distinct()
     if distinct < 2:
         raise ModelInputError(
-            f"all {row['n']} customers have identical prepared features: there is nothing to segment "
+            f"all {rows} customers have identical prepared features: there is nothing to segment "
             "(add features or more history)"
         )
     if distinct < k:
@@ -272,6 +285,67 @@ def fit_clusterer(
     return run_with_time_limit(
         spark, settings.fit_timeout_seconds, f"{algorithm} k={k}", lambda: estimator.fit(vectors)
     )
+
+
+def fit_kmeans_on_driver(
+    rows: np.ndarray, k: int, settings: ModelSettings, *, seed: int | None = None, lower_k: bool
+) -> local_kmeans.LocalKMeans:
+    """K-Means on prepared rows held by the driver (the bounded selection sample), guarded like ``fit_clusterer``.
+
+    The best of ``model.kmeans_restarts`` k-means++ starts, Lloyd iterations up to
+    ``model.max_iter`` with MLlib's ``model.tol`` criterion.
+
+    Raises:
+        ModelInputError: The rows cannot be segmented (see ``check_input``), or have fewer
+            distinct points than k and ``lower_k`` is False.
+    """
+    fitted_k = check_rows(rows, k, "kmeans")
+    if fitted_k < k and not lower_k:
+        raise ModelInputError(f"only {fitted_k} distinct customers: kmeans cannot find k={k} segments")
+    return local_kmeans.fit(
+        rows,
+        fitted_k,
+        starts=settings.kmeans_restarts,
+        max_iter=settings.max_iter,
+        tol=settings.tol,
+        seed=settings.seed if seed is None else seed,
+    )
+
+
+def kmeans_model(spark: SparkSession, chosen: np.ndarray) -> tuple[KMeansModel, np.ndarray]:
+    """An MLlib K-Means model whose centres are exactly ``chosen`` (k x d), to assign customers in Spark.
+
+    PySpark's K-Means takes no initial model. Fitted with k = len(chosen) and random
+    starts on the k centres themselves, it gets them back: the start is a sample of k rows
+    out of k, each row is its own segment, and one Lloyd step leaves every centre in place.
+
+    Returns:
+        The model, and for each of its segments the row of ``chosen`` it is (MLlib orders
+        the centres as it sampled them).
+
+    Raises:
+        ValueError: Fewer than 2 or repeated centres.
+    """
+    k = len(chosen)
+    distinct = len(np.unique(chosen, axis=0))
+    if k < 2 or distinct < k:
+        raise ValueError(f"an MLlib K-Means model needs at least 2 distinct centres; got {k} ({distinct} distinct)")
+    frame = spark.createDataFrame([(Vectors.dense(c),) for c in chosen.tolist()], [FEATURES_COL]).coalesce(1)
+    frame = frame.persist(StorageLevel.MEMORY_AND_DISK)  # MLlib warns about uncached input
+    try:
+        estimator = KMeans(
+            featuresCol=FEATURES_COL, predictionCol=SEGMENT_COL, k=k, maxIter=1, initMode="random", seed=0
+        )
+        model = estimator.fit(frame)
+    finally:
+        frame.unpersist()
+    got = centers(model)
+    if got is None or got.shape != chosen.shape:
+        raise RuntimeError(f"MLlib K-Means returned {None if got is None else len(got)} centres for {k}")
+    positions = np.argmin(local_kmeans.squared_distances(got, chosen), axis=1)
+    if len(set(positions.tolist())) != k or not np.allclose(got, chosen[positions], rtol=1e-12, atol=1e-12):
+        raise RuntimeError("MLlib K-Means moved the centres it was fitted on; cannot build the chosen model")
+    return model, positions
 
 
 def _fit_kmeans(spark: SparkSession, vectors: DataFrame, k: int, settings: ModelSettings, seed: int) -> Model:

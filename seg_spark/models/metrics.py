@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa  # type: ignore[import-untyped]
 from pyspark.ml.functions import vector_to_array
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
@@ -49,8 +50,19 @@ def collect_labelled(scored: DataFrame, features_col: str, label_col: str, dimen
         vector_to_array(F.col(features_col)).alias("x"), F.col(label_col).cast("long").alias("label")
     ).toArrow()
     labels = table.column("label").to_numpy()
-    values = table.column("x").combine_chunks().flatten().to_numpy(zero_copy_only=False)
-    return LabelledSample(x=np.asarray(values, dtype=float).reshape(len(labels), dimension), labels=labels)
+    return LabelledSample(x=_matrix(table.column("x"), dimension), labels=labels)
+
+
+def collect_vectors(rows: DataFrame, features_col: str, dimension: int, order_by: str) -> np.ndarray:
+    """Bring a bounded frame's vectors to the driver (n x d) in one Arrow transfer, ordered by ``order_by``."""
+    ordered = rows.orderBy(order_by).select(vector_to_array(F.col(features_col)).alias("x"))
+    return _matrix(ordered.toArrow().column("x"), dimension)
+
+
+def _matrix(column: pa.ChunkedArray, dimension: int) -> np.ndarray:
+    """An Arrow column of equal-length double arrays as an n x d matrix."""
+    values = column.combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    return np.asarray(values, dtype=float).reshape(len(column), dimension)
 
 
 @dataclass(frozen=True)

@@ -1,13 +1,15 @@
 """External validity of a segmentation against known labels, computed in Spark.
 
 The contingency table is aggregated in Spark; only its cells (labels x segments, a few
-hundred at most) reach the driver.
+hundred at most) reach the driver. Labellings already on the driver (stability refits of
+the selection sample) are tabulated there.
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
@@ -20,6 +22,12 @@ def contingency(df: DataFrame, label_col: str, prediction_col: str) -> list[tupl
     """The (label, prediction, count) cells; one Spark aggregation, a small result."""
     cells = df.groupBy(label_col, prediction_col).agg(F.count(F.lit(1)).alias("n")).collect()
     return [(r[0], r[1], int(r[2])) for r in cells]
+
+
+def cells_of(reference: np.ndarray, other: np.ndarray) -> list[tuple[object, object, int]]:
+    """The (reference, other, count) cells of two labellings of the same rows held by the driver."""
+    pairs, counts = np.unique(np.column_stack([reference, other]), axis=0, return_counts=True)
+    return [(int(a), int(b), int(n)) for (a, b), n in zip(pairs.tolist(), counts.tolist(), strict=True)]
 
 
 def adjusted_rand_index(df: DataFrame, label_col: str, prediction_col: str) -> float:

@@ -1,3 +1,8 @@
+import os
+from types import SimpleNamespace
+
+import pytest
+
 from seg_spark.config import SparkSettings
 from seg_spark.session import (
     LOG4J_PROFILE,
@@ -6,6 +11,7 @@ from seg_spark.session import (
     embedded_conf,
     get_spark,
     launched_by_spark_submit,
+    task_slots,
 )
 
 
@@ -65,3 +71,12 @@ def test_resolved_jars_are_reused_only_while_every_file_is_there(monkeypatch, tm
     assert cached_jars("io.delta:delta-spark_4.2_2.13:9.9.9") is None  # another version: resolve it
     jars[1].unlink()  # e.g. the Ivy cache was cleared: resolve again
     assert cached_jars("io.delta:delta-spark_4.2_2.13:4.4.0") is None
+
+
+@pytest.mark.parametrize(
+    ("master", "parallelism", "expected"),
+    [("local", 8, 1), ("local[3]", 8, 3), ("local[2,4]", 8, 2), ("local[*]", 8, os.cpu_count()), ("yarn", 64, 64)],
+)
+def test_task_slots_reads_a_local_masters_threads_and_a_clusters_parallelism(master, parallelism, expected):
+    context = SimpleNamespace(master=master, defaultParallelism=parallelism)
+    assert task_slots(SimpleNamespace(sparkContext=context)) == expected
