@@ -6,7 +6,7 @@
 2. runs ``seg-spark run`` on it into a fresh warehouse under ``--workdir``, with ``quality.clock``
    pinned to the log's end so both sides use the same clock;
 3. reads seg-spark's Delta tables (``data_quality``, ``transactions_quarantine``,
-   ``customer_features``, ``model_selection``, ``customer_segments``, ``pipeline_runs``) and
+   ``customer_features``, ``model_selection``, ``segment_assignments``, ``pipeline_runs``) and
    runs ``run_reference`` on the same source and settings;
 4. prints every mismatch, and exits 1 on any quarantine-count or (non-approximate) feature
    mismatch. The chosen k, silhouettes, sizes and stability are printed side by side
@@ -131,7 +131,7 @@ def main() -> int:
     features = features[pd.to_datetime(features["as_of_date"]).dt.date == as_of]
     selection = _table(workdir, "model_selection")
     selection = selection[selection["run_id"] == run_id].sort_values("k")
-    segments = _table(workdir, "customer_segments")
+    segments = _table(workdir, "segment_assignments")
     segments = segments[(segments["run_id"] == run_id)]
 
     settings = load_config([REPO / CONFIG], overrides)

@@ -187,6 +187,11 @@ def _seg_spark(command: str) -> list[str]:
     return [sys.executable, "-m", "seg_spark.cli", command, "--config", str(REPO / "conf" / "local.yaml")]
 
 
+def _stages() -> list[str]:
+    """The stages the reference reproduces (publish, which it has no counterpart for, is left out)."""
+    return [arg for stage in STAGES for arg in ("--stage", stage)]
+
+
 def _overrides(root: Path, source: Path, extra: list[str]) -> list[str]:
     return [
         f"storage.root={root}/warehouse",
@@ -212,9 +217,9 @@ def _delta(path: Path) -> pd.DataFrame:
 def seg_spark_runs(history: Path, last_day: Path, root: Path, extra: list[str]) -> dict[str, Any]:
     """One full run on the history and one daily run on the last day, into a fresh warehouse under ``root``."""
     full = _overrides(root, history, extra)
-    full_usage = measured([*_seg_spark("run"), *_sets([*full, "run.run_id=full"])], root / "full.log")
+    full_usage = measured([*_seg_spark("run"), *_stages(), *_sets([*full, "run.run_id=full"])], root / "full.log")
     daily = _overrides(root, last_day, [*extra, "sources.transactions.mode=append", "run.run_id=daily"])
-    daily_usage = measured([*_seg_spark("run"), *_sets(daily)], root / "daily.log")
+    daily_usage = measured([*_seg_spark("run"), *_stages(), *_sets(daily)], root / "daily.log")
     runs = _delta(root / "warehouse" / "pipeline_runs")
     stage_seconds = {
         run: {row.stage: round(float(row.seconds), 2) for row in runs[runs.run_id == run].itertuples()}
@@ -270,7 +275,7 @@ def seg_spark_outcome(root: Path) -> dict[str, Any]:
     selection = _delta(warehouse / "model_selection")
     selection = selection[selection.run_id == "full"]
     chosen = selection[selection.chosen].iloc[0]
-    segments = _delta(warehouse / "customer_segments")
+    segments = _delta(warehouse / "segment_assignments")
     segments = segments[segments.run_id == "full"]
     return {
         "counts": counts,

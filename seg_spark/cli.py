@@ -218,5 +218,10 @@ def segment() -> int:
     return run_stage_main("segment")
 
 
+def publish() -> int:
+    """Console entry point ``seg-spark-publish``."""
+    return run_stage_main("publish")
+
+
 if __name__ == "__main__":
     sys.exit(main())

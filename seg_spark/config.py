@@ -103,9 +103,14 @@ class TableNames(_Strict):
     customer_state: str = "customer_state"
     product_groups: str = "product_groups"
     customer_features: str = "customer_features"
-    customer_segments: str = "customer_segments"
+    segment_assignments: str = "segment_assignments"
     model_selection: str = "model_selection"
     segment_hierarchy: str = "segment_hierarchy"
+    customer_segments: str = "customer_segments"
+    segments: str = "segments"
+    segment_migration: str = "segment_migration"
+    segment_membership_history: str = "segment_membership_history"
+    segments_current: str = "segments_current"
     pipeline_runs: str = "pipeline_runs"
 
 
@@ -561,6 +566,18 @@ class RunSettings(_Strict):
     )
 
 
+class PublishSettings(_Strict):
+    """The consumer tables (publish stage)."""
+
+    min_match_jaccard: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        description="A new segment keeps the id of the previous run's segment it best overlaps (optimal one-to-one "
+        "assignment) when their Jaccard overlap of customers is at least this; otherwise it gets a new id.",
+    )
+
+
 class Settings(_Strict):
     """The whole configuration of a seg-spark run."""
 
@@ -574,6 +591,7 @@ class Settings(_Strict):
     privacy: PrivacySettings = Field(default_factory=PrivacySettings)
     features: FeatureSettings = Field(default_factory=FeatureSettings)
     model: ModelSettings = Field(default_factory=ModelSettings)
+    publish: PublishSettings = Field(default_factory=PublishSettings)
     run: RunSettings = Field(default_factory=RunSettings)
 
     @model_validator(mode="after")

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import date, datetime
 from enum import StrEnum
 from typing import Any
@@ -25,6 +26,7 @@ from pyspark.sql import functions as F
 
 from seg_spark.config import Settings
 from seg_spark.errors import StageInputError
+from seg_spark.session import conf_set
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +44,14 @@ class Table(StrEnum):
     CUSTOMER_STATE = "customer_state"
     PRODUCT_GROUPS = "product_groups"
     CUSTOMER_FEATURES = "customer_features"
-    CUSTOMER_SEGMENTS = "customer_segments"
+    SEGMENT_ASSIGNMENTS = "segment_assignments"
     MODEL_SELECTION = "model_selection"
     SEGMENT_HIERARCHY = "segment_hierarchy"
+    CUSTOMER_SEGMENTS = "customer_segments"
+    SEGMENTS = "segments"
+    SEGMENT_MIGRATION = "segment_migration"
+    SEGMENT_MEMBERSHIP_HISTORY = "segment_membership_history"
+    SEGMENTS_CURRENT = "segments_current"
     PIPELINE_RUNS = "pipeline_runs"
 
 
@@ -52,6 +59,21 @@ class Table(StrEnum):
 SIDE_TABLES: dict[str, Table] = {"profiles": Table.CUSTOMER_PROFILES, "events": Table.EVENTS_CLEAN}
 
 Literal = str | date | int | bool
+
+# Consumer tables: row changes recorded for readers; no deletion vectors, which some
+# readers (older delta-rs, engines without the table feature) cannot read.
+CONSUMER_TABLE_PROPERTIES = {"delta.enableChangeDataFeed": "true", "delta.enableDeletionVectors": "false"}
+
+
+@dataclass(frozen=True)
+class ConsumerTable:
+    """A table consumers read: its columns (with NOT NULL and comments), comment and CHECK constraints."""
+
+    table: Table
+    comment: str
+    columns: str
+    partitioned_by: tuple[str, ...] = ()
+    constraints: dict[str, str] = field(default_factory=dict)
 
 
 def sql_literal(value: Literal) -> str:
@@ -307,6 +329,58 @@ class TableStore:
         log.debug("writing Delta table %s (%s)", self.name(table), how)
         self.committed.add(table)  # before the commit: a failure during it may still have committed
         writer.save(self.path(table))
+
+    def create_table(self, definition: ConsumerTable) -> bool:
+        """Create a table from its definition (columns with comments, constraints) unless it exists.
+
+        Returns:
+            True when it was created now.
+        """
+        if self.exists(definition.table):
+            return False
+        location = f"delta.`{self.path(definition.table).replace('`', '``')}`"
+        partitioning = f" PARTITIONED BY ({', '.join(definition.partitioned_by)})" if definition.partitioned_by else ""
+        properties = ", ".join(f"{sql_literal(k)} = {sql_literal(v)}" for k, v in CONSUMER_TABLE_PROPERTIES.items())
+        self.committed.add(definition.table)
+        with self._commit_metadata():
+            self.spark.sql(
+                f"CREATE TABLE {location} ({definition.columns}) USING DELTA{partitioning} "
+                f"COMMENT {sql_literal(definition.comment)} TBLPROPERTIES ({properties})"
+            )
+            for name, check in definition.constraints.items():
+                self.spark.sql(f"ALTER TABLE {location} ADD CONSTRAINT {name} CHECK ({check})")
+        return True
+
+    def merge(self, table: Table, source: DataFrame, condition: str, clauses: Callable[[Any], Any]) -> dict[str, int]:
+        """MERGE ``source`` (alias ``s``) into ``table`` (alias ``t``) in one commit.
+
+        Args:
+            table: The target (it must exist).
+            source: The rows to merge.
+            condition: The match condition.
+            clauses: Adds the WHEN clauses to Delta's merge builder.
+
+        Returns:
+            The rows the MERGE reports: ``num_affected_rows``, ``num_updated_rows``,
+            ``num_deleted_rows``, ``num_inserted_rows``.
+        """
+        from delta.tables import DeltaTable
+
+        builder = DeltaTable.forPath(self.spark, self.path(table)).alias("t").merge(source.alias("s"), condition)
+        self.committed.add(table)
+        with self._commit_metadata():
+            outcome = clauses(builder).execute()
+        row = outcome.first() if outcome is not None else None
+        return {name: int(value or 0) for name, value in row.asDict().items()} if row is not None else {}
+
+    @contextmanager
+    def _commit_metadata(self) -> Iterator[None]:
+        """Tag the commits SQL and the merge builder make in the block, as ``_save`` tags writes."""
+        if not self.commit_tag:
+            yield
+            return
+        with conf_set(self.spark, "spark.databricks.delta.commitInfo.userMetadata", json.dumps(self.commit_tag)):
+            yield
 
     def enable_change_feed(self, table: Table) -> None:
         """Record the table's row changes (for incremental readers); no-op when already on."""

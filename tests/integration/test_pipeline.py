@@ -49,6 +49,8 @@ def test_segments_table_carries_lineage_and_recovers_planted_archetypes(spark, e
     assert segments.columns == [
         "customer_id",
         "segment_id",
+        "segment_name",
+        "model_segment_id",
         "segment_distance",
         "segment_probability",
         "runner_up_segment_id",
@@ -56,16 +58,20 @@ def test_segments_table_carries_lineage_and_recovers_planted_archetypes(spark, e
         "runner_up_probability",
         "membership",
         "algorithm",
-        "as_of_date",
         "run_id",
+        "as_of_date",
         "model_name",
         "model_version",
+        "k",
+        "config_hash",
     ]
     # The sweep (k = 5..7, best silhouette) recovers the six planted archetypes (agreement below): two
     # of them are close enough that k = 5 can win on silhouette.
     assert segments.select("segment_id").distinct().count() == segment.k
-    lineage = segments.select("algorithm", "as_of_date", "run_id", "model_name", "model_version").distinct().collect()
-    assert lineage == [("kmeans", E2E_END, E2E_RUN, "seg-spark-segments", segment.model_version)]
+    lineage = segments.select("algorithm", "as_of_date", "run_id", "model_name", "model_version", "k").distinct()
+    assert lineage.collect() == [("kmeans", E2E_END, E2E_RUN, "seg-spark-segments", segment.model_version, segment.k)]
+    # The first publish numbers segments as the model does; later ones keep ids (tests/integration/test_publish.py).
+    assert segments.filter("segment_id <> model_segment_id").isEmpty()
     assert segment.metrics["truth_adjusted_rand_index"] >= 0.7
     assert segment.metrics["truth_v_measure"] >= 0.7
     stats = segments.agg(
@@ -82,14 +88,15 @@ def test_the_run_manifest_records_every_stage(spark, e2e):
         ("ingest", "succeeded", None),
         ("features", "succeeded", None),
         ("segment", "succeeded", None),
+        ("publish", "succeeded", None),
     ]
     counts = e2e.stages["ingest"].counts
     assert (rows[0].rows_in, rows[0].rows_out, rows[0].as_of_date) == (counts.input_rows, counts.clean_rows, None)
-    assert [r.as_of_date for r in rows[1:]] == [E2E_END, E2E_END]
-    assert rows[2].rows_in == rows[1].rows_out == 1500 and rows[2].rows_out == 1500
+    assert [r.as_of_date for r in rows[1:]] == [E2E_END, E2E_END, E2E_END]
+    assert rows[2].rows_in == rows[1].rows_out == 1500 and rows[2].rows_out == rows[3].rows_in == 1500
     assert {r.mlflow_run_id for r in rows} == {e2e.mlflow_run_id}
     assert all(r.started_at <= r.ended_at and r.seconds > 0 for r in rows)
-    assert rows[0].ended_at <= rows[1].started_at and rows[1].ended_at <= rows[2].started_at
+    assert all(earlier.ended_at <= later.started_at for earlier, later in zip(rows, rows[1:], strict=False))
 
 
 def test_mlflow_run_has_config_metrics_and_a_loadable_model(spark, e2e, e2e_root):
@@ -129,23 +136,25 @@ def test_mlflow_run_has_config_metrics_and_a_loadable_model(spark, e2e, e2e_root
     features = spark.read.format("delta").load(e2e.tables["customer_features"]).filter("frequency > 0")
     rescored = model.transform(features).select("customer_id", F.col("segment_id").cast("int"))
     published = spark.read.format("delta").load(e2e.tables["customer_segments"])
-    assertDataFrameEqual(rescored, published.select("customer_id", "segment_id"))
+    assertDataFrameEqual(rescored, published.select("customer_id", F.col("model_segment_id").alias("segment_id")))
 
 
 def test_rerun_for_the_same_as_of_date_replaces_rather_than_duplicates(spark, e2e, e2e_copy):
     rerun = e2e_settings(e2e_copy, "storage.database=", "run.run_id=e2e-run-2", *FAST)
-    second = run_pipeline(spark, rerun, ["features", "segment"])
+    second = run_pipeline(spark, rerun, ["features", "segment", "publish"])
     features = second.stages["features"]
     assert features.as_of_date == E2E_END
     assert (features.refresh.mode, features.state.mode) == ("unchanged", "reused")
-    for table in ("customer_features", "customer_segments"):
+    for table in ("customer_features", "segment_assignments", "customer_segments", "segments_current"):
         df = spark.read.format("delta").load(second.tables[table])
         assert df.count() == df.select("customer_id").distinct().count(), table
+    for table in ("customer_features", "segment_assignments", "customer_segments", "segments"):
+        df = spark.read.format("delta").load(second.tables[table])
         assert [r[0] for r in df.select("run_id").distinct().collect()] == ["e2e-run-2"], table
     segments = spark.read.format("delta").load(second.tables["customer_segments"])
     assert segments.count() == int(e2e.stages["segment"].metrics["customers_modelled"])
     # The replaced rows stay reachable through Delta time travel.
-    earlier = spark.read.format("delta").option("versionAsOf", 0).load(second.tables["customer_segments"])
+    earlier = spark.read.format("delta").option("versionAsOf", 0).load(second.tables["segment_assignments"])
     assert [r[0] for r in earlier.select("run_id").distinct().collect()] == [E2E_RUN]
 
 

@@ -219,7 +219,7 @@ def warehouse(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> 
     assert not [mark for mark in STACK_TRACE_MARKS if mark in err], err
     store = TableStore(spark, load_config([], overrides))
     state = consumer_state(store)
-    assert state[Table.CUSTOMER_SEGMENTS] == (0, 10), state  # every stage committed, once
+    assert state[Table.SEGMENT_ASSIGNMENTS] == (0, 10), state  # every stage committed, once
     # The log replay agrees with Delta's own history and count.
     assert state == {
         t.value: (store.version(t), store.read(t).count()) if store.exists(t) else None

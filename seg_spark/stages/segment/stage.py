@@ -2,7 +2,8 @@
 
 Reads the run's as-of partition of ``customer_features``; writes ``model_selection``,
 ``segment_hierarchy`` (bisecting K-Means), the model (MLflow registry) and the as-of
-partition of ``customer_segments``.
+partition of ``segment_assignments`` (the model's own segment ids; the publish stage gives
+them stable ids in ``customer_segments``).
 """
 
 from __future__ import annotations
@@ -100,12 +101,12 @@ def run(ctx: RunContext) -> SegmentStageResult:
             F.lit(model_settings.name).alias("model_name"),
             F.lit(model_version or "unregistered").alias("model_version"),
         )
-        ctx.store.replace(Table.CUSTOMER_SEGMENTS, segments, where(as_of_date=as_of), partition_by=["as_of_date"])
-        tables.append(Table.CUSTOMER_SEGMENTS)
+        ctx.store.replace(Table.SEGMENT_ASSIGNMENTS, segments, where(as_of_date=as_of), partition_by=["as_of_date"])
+        tables.append(Table.SEGMENT_ASSIGNMENTS)
     finally:
         seg.release()
     published = (
-        ctx.store.read(Table.CUSTOMER_SEGMENTS)
+        ctx.store.read(Table.SEGMENT_ASSIGNMENTS)
         .filter(where(as_of_date=as_of).column())
         .select("customer_id", "segment_id")
         .join(stored.drop("run_id", "as_of_date"), "customer_id")

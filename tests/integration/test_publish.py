@@ -1,0 +1,217 @@
+"""The publish stage on hand-made segment assignments: stable ids, SCD2 history, MERGE counts, reruns."""
+
+import shutil
+from datetime import date, timedelta
+from pathlib import Path
+
+import pytest
+from pyspark.sql import functions as F
+
+from seg_spark.config import load_config
+from seg_spark.context import RunContext
+from seg_spark.errors import StageInputError
+from seg_spark.pipeline import run_pipeline
+from seg_spark.stages.publish.schema import CONSUMER_TABLES
+from seg_spark.tables import Table, where
+
+pytestmark = pytest.mark.slow
+
+DAY1 = date(2026, 3, 1)
+DAY2, DAY3 = DAY1 + timedelta(days=7), DAY1 + timedelta(days=14)
+FEATURES = ("recency_days", "frequency", "monetary", "avg_order_value", "tenure_days")
+ASSIGNMENTS = (
+    "customer_id string, segment_id int, segment_distance double, segment_probability double, "
+    "runner_up_segment_id int, runner_up_distance double, runner_up_probability double, "
+    "membership array<double>, algorithm string, as_of_date date, run_id string, model_name string, "
+    "model_version string"
+)
+
+
+def settings(root: Path, run_id: str, as_of: date):
+    return load_config(
+        [],
+        [
+            f"storage.root={root}/warehouse",
+            "tracking.enabled=false",
+            f"run.run_id={run_id}",
+            f"features.as_of_date={as_of}",
+        ],
+    )
+
+
+def segmented(spark, root: Path, run_id: str, as_of: date, labels: dict[str, int]) -> None:
+    """Record what a segment stage of ``run_id`` would leave: its assignments, features and manifest row."""
+    ctx = RunContext.create(spark, settings(root, run_id, as_of))
+    record = ctx.manifest.started(run_id, "segment", None, ctx.attempt_id)
+    k = max(labels.values()) + 1
+    rows = [
+        (c, s, float(s), None, (s + 1) % k, float(s) + 1, None, None, "kmeans", as_of, run_id, "m", "1")
+        for c, s in sorted(labels.items())
+    ]
+    ctx.store.replace(Table.SEGMENT_ASSIGNMENTS, spark.createDataFrame(rows, ASSIGNMENTS), where(as_of_date=as_of))
+    features = [(c, as_of, *(float(s * 10 + i) for i in range(len(FEATURES)))) for c, s in sorted(labels.items())]
+    columns = "customer_id string, as_of_date date, " + ", ".join(f"{f} double" for f in FEATURES)
+    ctx.store.replace(Table.CUSTOMER_FEATURES, spark.createDataFrame(features, columns), where(as_of_date=as_of))
+    ctx.manifest.finished(record, as_of_date=as_of, rows_in=len(labels), rows_out=len(labels))
+
+
+def publish(spark, root, run_id, as_of):
+    return run_pipeline(spark, settings(root, run_id, as_of), ["publish"]).stages["publish"]
+
+
+def table(spark, root, name):
+    return spark.read.format("delta").load(f"{root}/warehouse/{name}")
+
+
+def current_of(spark, root) -> dict[str, tuple[int, bool]]:
+    rows = table(spark, root, "segments_current").collect()
+    return {r["customer_id"]: (r["segment_id"], r["is_active"]) for r in rows}
+
+
+# Day 1: thirty customers in three groups of ten. Day 2: the model numbers the same groups
+# differently, c00 moves, c29 is not segmented, c30 is new. Day 3: group 2 is gone (c20-c23
+# join group 0, c24-c28 and c30 group 1) and a new group of twelve customers appears.
+DAY1_LABELS = {f"c{i:02d}": i // 10 for i in range(30)}
+DAY2_LABELS = {c: 2 - s for c, s in DAY1_LABELS.items() if c != "c29"} | {"c00": 1, "c30": 0}
+DAY3_LABELS = (
+    {f"c{i:02d}": 0 for i in (*range(1, 10), *range(20, 24))}
+    | {f"c{i:02d}": 1 for i in (0, *range(10, 20), *range(24, 29), 30)}
+    | {f"n{i:02d}": 2 for i in range(12)}
+)
+
+
+@pytest.fixture(scope="module")
+def three_days(spark, tmp_path_factory):
+    root = tmp_path_factory.mktemp("publish")
+    results = {}
+    for run_id, day, labels in (("r1", DAY1, DAY1_LABELS), ("r2", DAY2, DAY2_LABELS)):
+        segmented(spark, root, run_id, day, labels)
+        results[run_id] = publish(spark, root, run_id, day)
+    results["current_after_day2"] = current_of(spark, root)
+    results["rerun"] = publish(spark, root, "r2", DAY2)  # the same run again: nothing changes
+    results["counts_after_rerun"] = {d.table.value: table(spark, root, d.table.value).count() for d in CONSUMER_TABLES}
+    segmented(spark, root, "r3", DAY3, DAY3_LABELS)
+    results["r3"] = publish(spark, root, "r3", DAY3)
+    return root, results
+
+
+def test_ids_follow_the_groups_not_the_model_numbering(spark, three_days):
+    root, results = three_days
+    assert {s.model_segment_id: s.segment_id for s in results["r1"].segments} == {0: 0, 1: 1, 2: 2}
+    assert {s.model_segment_id: s.segment_id for s in results["r2"].segments} == {2: 0, 1: 1, 0: 2}
+    day2 = table(spark, root, "customer_segments").filter(F.col("as_of_date") == DAY2)
+    ids = {r["customer_id"]: (r["segment_id"], r["model_segment_id"]) for r in day2.collect()}
+    assert ids["c05"] == (0, 2) and ids["c00"] == (1, 1) and ids["c30"] == (2, 0) and "c29" not in ids
+    # Day 3: group 2 vanished into 0 and 1; the new group got id 3, never used before.
+    r3 = {s.model_segment_id: (s.segment_id, s.status) for s in results["r3"].segments}
+    assert r3 == {0: (0, "continued"), 1: (1, "continued"), 2: (3, "new")}
+    assert results["r3"].vanished == (2,)
+    segments = table(spark, root, "segments").filter(F.col("as_of_date") == DAY3).collect()
+    by_id = {r["segment_id"]: r for r in segments}
+    assert by_id[2]["status"] == "vanished" and by_id[2]["customers"] == 0 and by_id[2]["model_segment_id"] is None
+    assert by_id[3]["customers"] == 12 and by_id[3]["share"] == pytest.approx(12 / 42)
+    # Feature means are the segment's mean of each model feature (features are 10 * model id + i).
+    assert by_id[3]["feature_means"]["frequency"] == pytest.approx(21.0)
+    assert {r["k"] for r in segments} == {3} and {r["run_id"] for r in segments} == {"r3"}
+
+
+def test_the_merge_touches_only_changed_customers_and_a_rerun_touches_none(spark, three_days):
+    root, results = three_days
+    assert results["r1"].current_changes["num_inserted_rows"] == 30
+    day2 = results["r2"].current_changes
+    # c30 inserted; c00 moved and c29 deactivated: the other 28 customers are not rewritten.
+    assert (day2["num_inserted_rows"], day2["num_updated_rows"], day2["num_affected_rows"]) == (1, 2, 3)
+    assert results["current_after_day2"]["c29"] == (2, False)
+    assert results["current_after_day2"]["c00"] == (1, True)
+    assert results["rerun"].current_changes["num_affected_rows"] == 0
+    assert results["rerun"].history_changes["num_affected_rows"] == 0
+    assert results["counts_after_rerun"]["customer_segments"] == 30 + 30
+
+
+def test_membership_history_is_type_2_with_one_open_row_per_active_customer(spark, three_days):
+    root, _ = three_days
+    history = table(spark, root, "segment_membership_history")
+    rows = sorted(history.collect(), key=lambda r: (r["customer_id"], r["valid_from"]))
+    by_customer: dict[str, list] = {}
+    for r in rows:
+        by_customer.setdefault(r["customer_id"], []).append(r)
+    for customer, ranges in by_customer.items():
+        for earlier, later in zip(ranges, ranges[1:], strict=False):
+            assert earlier["valid_to"] is not None and earlier["valid_to"] <= later["valid_from"], customer
+        assert sum(r["is_current"] for r in ranges) <= 1, customer
+    active = {c for c, (_, is_active) in current_of(spark, root).items() if is_active}
+    assert {c for c, ranges in by_customer.items() if ranges[-1]["is_current"]} == active
+    assert [(r["segment_id"], r["valid_from"], r["valid_to"]) for r in by_customer["c00"]] == [
+        (0, DAY1, DAY2),
+        (1, DAY2, None),
+    ]
+    assert [(r["segment_id"], r["valid_to"]) for r in by_customer["c29"]] == [(2, DAY2)]
+    # c25 was in group 2 until it vanished on day 3, then in group 1.
+    assert [(r["segment_id"], r["valid_from"], r["valid_to"]) for r in by_customer["c25"]] == [
+        (2, DAY1, DAY3),
+        (1, DAY3, None),
+    ]
+    current = {c: s for c, (s, _) in current_of(spark, root).items()}
+    assert table(spark, root, "segments_current").filter("segment_since = DATE'2026-03-15'").count() == 22
+    assert current["n00"] == 3
+
+
+def test_migration_counts_moves_between_consecutive_dates(spark, three_days):
+    root, _ = three_days
+    day2 = table(spark, root, "segment_migration").filter(F.col("as_of_date") == DAY2).collect()
+    moves = {(r["from_segment_id"], r["to_segment_id"]): (r["customers"], r["share_of_from"]) for r in day2}
+    assert moves[(0, 0)] == (9, pytest.approx(0.9)) and moves[(0, 1)] == (1, pytest.approx(0.1))
+    assert moves[(2, None)] == (1, pytest.approx(0.1)) and moves[(None, 2)] == (1, 1.0)
+    assert {r["previous_as_of_date"] for r in day2} == {DAY1}
+
+
+def test_consumer_tables_carry_comments_constraints_and_a_change_feed(spark, three_days):
+    root, _ = three_days
+    for definition in CONSUMER_TABLES:
+        location = f"delta.`{root}/warehouse/{definition.table.value}`"
+        detail = spark.sql(f"DESCRIBE DETAIL {location}").first()
+        assert detail["description"] == definition.comment
+        properties = dict(spark.sql(f"SHOW TBLPROPERTIES {location}").collect())
+        assert properties["delta.enableChangeDataFeed"] == "true"
+        assert properties["delta.enableDeletionVectors"] == "false"
+        for name, check in definition.constraints.items():
+            stored = properties[f"delta.constraints.{name.lower()}"]
+            assert stored.replace(" ", "") == check.replace(" ", "")  # Delta re-spaces the expression
+        schema = spark.read.format("delta").load(f"{root}/warehouse/{definition.table.value}").schema
+        assert all(f.metadata.get("comment") for f in schema.fields), definition.table.value
+    bad = spark.createDataFrame(
+        [("x", 0, None, DAY1, DAY1, True, "r")],
+        "customer_id string, segment_id int, segment_name string, valid_from date, valid_to date, "
+        "is_current boolean, run_id string",
+    )
+    with pytest.raises(Exception, match="(?i)check constraint"):
+        bad.write.format("delta").mode("append").save(f"{root}/warehouse/segment_membership_history")
+
+
+def test_every_consumer_table_reads_the_same_with_delta_rs(spark, three_days):
+    deltalake = pytest.importorskip("deltalake")
+    root, _ = three_days
+    for definition in CONSUMER_TABLES:
+        path = f"{root}/warehouse/{definition.table.value}"
+        theirs = deltalake.DeltaTable(path).to_pyarrow_table().num_rows
+        assert theirs == spark.read.format("delta").load(path).count(), definition.table.value
+
+
+def test_a_backfill_publishes_its_date_and_leaves_current_and_history_at_the_latest(spark, three_days, tmp_path):
+    root = tmp_path / "copy"
+    shutil.copytree(three_days[0], root)
+    before = {name: table(spark, root, name).collect() for name in ("segments_current", "segment_membership_history")}
+    backfill = DAY2 + timedelta(days=1)
+    segmented(spark, root, "late", backfill, DAY2_LABELS)
+    result = publish(spark, root, "late", backfill)
+    assert result.latest_as_of_date == DAY3 and result.previous_as_of_date == DAY2
+    assert result.report()[-1].endswith("segment_membership_history stay at 2026-03-15")
+    assert {s.model_segment_id: s.segment_id for s in result.segments} == {2: 0, 1: 1, 0: 2}
+    for name, rows in before.items():
+        assert sorted(table(spark, root, name).collect()) == sorted(rows), name
+    assert table(spark, root, "customer_segments").filter(F.col("as_of_date") == backfill).count() == 30
+
+
+def test_publishing_a_run_whose_segment_stage_did_not_succeed_names_the_stage_to_run(spark, tmp_path):
+    with pytest.raises(StageInputError, match="needs the segment stage of run nothing.*--stage segment"):
+        publish(spark, tmp_path, "nothing", DAY1)
