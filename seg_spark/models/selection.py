@@ -204,10 +204,17 @@ def score_candidate(
     return candidate
 
 
-def _score(candidate: Candidate, fitted: Model | LocalKMeans, labelled: metrics.LabelledSample) -> None:
-    """Record a fit, its k (lower than asked when there were fewer distinct customers) and its metrics."""
+def _score(
+    candidate: Candidate, fitted: Model | LocalKMeans, labelled: metrics.LabelledSample, *, k_found: bool = False
+) -> None:
+    """Record a fit and its metrics; with ``k_found`` its k becomes the k the fit found.
+
+    A candidate of the sweep keeps the k it asked for, so one that found fewer segments has an
+    empty one and is not eligible; without selection the fitted model is taken as it is.
+    """
     candidate.model = fitted
-    candidate.k = len(fitted.centers) if isinstance(fitted, LocalKMeans) else clustering.model_k(fitted)
+    if k_found:
+        candidate.k = len(fitted.centers) if isinstance(fitted, LocalKMeans) else clustering.model_k(fitted)
     candidate.metrics, sizes = score_labels(labelled, fitted)
     candidate.sizes = [sizes.get(i, 0) for i in range(candidate.k)]
     candidate.metrics["smallest_segment_share"] = candidate.smallest_share
@@ -427,7 +434,7 @@ def segment(spark: SparkSession, data: DataFrame, features: Sequence[str], setti
                 FIXED_RULE,
             )
             started = time.monotonic()
-            _score(best, *fit_on_sample(spark, sample, best.algorithm, best.k, settings, lower_k=True))
+            _score(best, *fit_on_sample(spark, sample, best.algorithm, best.k, settings, lower_k=True), k_found=True)
             best.seconds = time.monotonic() - started
             candidates.append(best)
         final, reference_labels = as_mllib(spark, best)

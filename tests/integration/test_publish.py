@@ -22,7 +22,7 @@ FEATURES = ("recency_days", "frequency", "monetary", "avg_order_value", "tenure_
 ASSIGNMENTS = (
     "customer_id string, segment_id int, segment_distance double, segment_probability double, "
     "runner_up_segment_id int, runner_up_distance double, runner_up_probability double, "
-    "membership array<double>, algorithm string, as_of_date date, run_id string, model_name string, "
+    "membership array<double>, algorithm string, k int, as_of_date date, run_id string, model_name string, "
     "model_version string"
 )
 
@@ -45,7 +45,7 @@ def segmented(spark, root: Path, run_id: str, as_of: date, labels: dict[str, int
     record = ctx.manifest.started(run_id, "segment", None, ctx.attempt_id)
     k = max(labels.values()) + 1
     rows = [
-        (c, s, float(s), None, (s + 1) % k, float(s) + 1, None, None, "kmeans", as_of, run_id, "m", "1")
+        (c, s, float(s), None, (s + 1) % k, float(s) + 1, None, None, "kmeans", k, as_of, run_id, "m", "1")
         for c, s in sorted(labels.items())
     ]
     ctx.store.replace(Table.SEGMENT_ASSIGNMENTS, spark.createDataFrame(rows, ASSIGNMENTS), where(as_of_date=as_of))

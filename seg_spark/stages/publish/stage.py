@@ -87,7 +87,7 @@ def run(ctx: RunContext) -> PublishStageResult:
     """Publish the segments of the run's as-of date to the consumer tables.
 
     Raises:
-        StageInputError: The run's segment stage has not succeeded, or a later date is already published.
+        StageInputError: The run's segment stage has not succeeded (its assignments are missing).
     """
     as_of = ctx.as_of_date("publish")
     _require_segmented(ctx)
@@ -105,7 +105,7 @@ def run(ctx: RunContext) -> PublishStageResult:
 
 def _publish(ctx: RunContext, as_of: date, assignments: DataFrame) -> PublishStageResult:
     store, settings = ctx.store, ctx.settings
-    first = assignments.select("model_name", "model_version", "algorithm").first()
+    first = assignments.select("model_name", "model_version", "algorithm", "k").first()
     if first is None:
         raise StageInputError(
             f"{store.name(Table.SEGMENT_ASSIGNMENTS)} has no rows of run {ctx.run_id} for {as_of}: "
@@ -130,7 +130,7 @@ def _publish(ctx: RunContext, as_of: date, assignments: DataFrame) -> PublishSta
         "as_of_date": as_of,
         "model_name": first["model_name"],
         "model_version": first["model_version"],
-        "k": len(new_sizes),
+        "k": int(first["k"]),  # the model's k: a segment may have no customer
         "config_hash": config_hash(ctx),
     }
     this_date = where(as_of_date=as_of)

@@ -96,6 +96,7 @@ def run(ctx: RunContext) -> SegmentStageResult:
         segments = seg.assignments.select(
             "*",
             F.lit(seg.algorithm).alias("algorithm"),
+            F.lit(seg.k).alias("k"),
             F.lit(as_of).alias("as_of_date"),
             F.lit(ctx.run_id).alias("run_id"),
             F.lit(model_settings.name).alias("model_name"),
