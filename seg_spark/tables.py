@@ -338,7 +338,7 @@ class TableStore:
         """
         if self.exists(definition.table):
             return False
-        location = f"delta.`{self.path(definition.table).replace('`', '``')}`"
+        location = self._sql_name(definition.table)
         partitioning = f" PARTITIONED BY ({', '.join(definition.partitioned_by)})" if definition.partitioned_by else ""
         # CHECK constraints as the properties Delta keeps them in: one commit, not one per
         # ALTER TABLE ADD CONSTRAINT (enforced alike; tested).
@@ -390,12 +390,16 @@ class TableStore:
 
     def set_property(self, table: Table, key: str, value: str) -> None:
         """Set a Delta table property; no commit when it already has that value."""
-        location = self.path(table).replace("`", "``")
-        properties = self.spark.sql(f"SHOW TBLPROPERTIES delta.`{location}`").collect()
+        location = self._sql_name(table)
+        properties = self.spark.sql(f"SHOW TBLPROPERTIES {location}").collect()
         if any(r["key"] == key and r["value"] == value for r in properties):
             return
         self.committed.add(table)
-        self.spark.sql(f"ALTER TABLE delta.`{location}` SET TBLPROPERTIES ({sql_literal(key)} = {sql_literal(value)})")
+        self.spark.sql(f"ALTER TABLE {location} SET TBLPROPERTIES ({sql_literal(key)} = {sql_literal(value)})")
+
+    def _sql_name(self, table: Table) -> str:
+        """The table by path in SQL: ``delta.`<location>``` with backquotes escaped."""
+        return f"delta.`{self.path(table).replace('`', '``')}`"
 
     # --- catalog -----------------------------------------------------------------------
 

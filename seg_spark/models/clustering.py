@@ -138,10 +138,20 @@ def check_input(vectors: DataFrame, k: int, algorithm: str) -> int:
     return _checked_k(row["n"], row["bad"] or 0, lambda: distinct_points(vectors, k), k, algorithm)
 
 
-def check_rows(rows: np.ndarray, k: int, algorithm: str) -> int:
-    """``check_input`` for prepared rows on the driver (n x d): the k that can be fitted, or a clear error."""
+def check_rows(rows: np.ndarray, k: int, algorithm: str, distinct: int | None = None) -> int:
+    """``check_input`` for prepared rows on the driver (n x d): the k that can be fitted, or a clear error.
+
+    ``distinct`` is the rows' distinct count when the caller already has it (the sweep fits
+    every candidate on the same rows); otherwise it is counted.
+    """
     bad = int((~np.isfinite(rows)).any(axis=1).sum())
-    return _checked_k(len(rows), bad, lambda: len(np.unique(rows, axis=0)) if len(rows) else 0, k, algorithm)
+    count = (lambda: distinct) if distinct is not None else (lambda: distinct_rows(rows))
+    return _checked_k(len(rows), bad, count, k, algorithm)
+
+
+def distinct_rows(rows: np.ndarray) -> int:
+    """How many distinct rows a driver-side matrix has."""
+    return len(np.unique(rows, axis=0)) if len(rows) else 0
 
 
 def _checked_k(rows: int, bad: int, count_distinct: Callable[[], int], k: int, algorithm: str) -> int:
@@ -288,18 +298,32 @@ def fit_clusterer(
 
 
 def fit_kmeans_on_driver(
-    rows: np.ndarray, k: int, settings: ModelSettings, *, seed: int | None = None, lower_k: bool
+    rows: np.ndarray,
+    k: int,
+    settings: ModelSettings,
+    *,
+    seed: int | None = None,
+    lower_k: bool,
+    distinct: int | None = None,
 ) -> local_kmeans.LocalKMeans:
     """K-Means on prepared rows held by the driver (the bounded selection sample), guarded like ``fit_clusterer``.
 
     The best of ``model.kmeans_restarts`` k-means++ starts, Lloyd iterations up to
     ``model.max_iter`` with MLlib's ``model.tol`` criterion.
 
+    Args:
+        rows: Prepared rows (n x d).
+        k: Segments wanted.
+        settings: The ``model`` section.
+        seed: Overrides ``settings.seed`` (bootstrap refits).
+        lower_k: With fewer distinct rows than k, fit fewer segments (True) or raise (False).
+        distinct: The rows' distinct count, when already known (see ``check_rows``).
+
     Raises:
         ModelInputError: The rows cannot be segmented (see ``check_input``), or have fewer
             distinct points than k and ``lower_k`` is False.
     """
-    fitted_k = check_rows(rows, k, "kmeans")
+    fitted_k = check_rows(rows, k, "kmeans", distinct)
     if fitted_k < k and not lower_k:
         raise ModelInputError(f"only {fitted_k} distinct customers: kmeans cannot find k={k} segments")
     return local_kmeans.fit(

@@ -165,6 +165,7 @@ class SelectionSample:
     frame: DataFrame  # cached: customer_id, activity, prepared features
     rows: np.ndarray | None  # its vectors on the driver (n x d), when a K-Means fit needs them
     dimension: int
+    distinct_rows: int | None = None  # distinct rows of ``rows``, counted once for every candidate
 
 
 def fit_on_sample(
@@ -179,7 +180,9 @@ def fit_on_sample(
     if algorithm == "kmeans":
         if sample.rows is None:
             raise ValueError("a K-Means fit on the driver needs the sample's rows (SelectionSample.rows)")
-        local = clustering.fit_kmeans_on_driver(sample.rows, k, settings, lower_k=lower_k)
+        local = clustering.fit_kmeans_on_driver(
+            sample.rows, k, settings, lower_k=lower_k, distinct=sample.distinct_rows
+        )
         return local, metrics.LabelledSample(x=sample.rows, labels=local.labels)
     fitted = clustering.fit_clusterer(spark, sample.frame, algorithm, k, settings, lower_k=lower_k)
     scored = fitted.transform(sample.frame)
@@ -411,7 +414,8 @@ def segment(spark: SparkSession, data: DataFrame, features: Sequence[str], setti
         rows = None
         if "kmeans" in algorithms:
             rows = metrics.collect_vectors(sample_frame, FEATURES_COL, dimension, order_by="customer_id")
-        sample = SelectionSample(frame=sample_frame, rows=rows, dimension=dimension)
+        distinct = clustering.distinct_rows(rows) if rows is not None else None
+        sample = SelectionSample(frame=sample_frame, rows=rows, dimension=dimension, distinct_rows=distinct)
         candidates: list[Candidate] = []
         rule: str
         if selection.enabled:

@@ -5,7 +5,7 @@ Each function takes and returns DataFrames (or builds a MERGE source); the stage
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import date
 from itertools import chain
 
@@ -23,12 +23,12 @@ def _lookup(mapping: Mapping[int, int], column: str) -> Column:
     return F.element_at(F.create_map(*pairs), F.col(column)) if pairs else F.lit(None).cast("int")
 
 
-def with_stable_ids(ids: Mapping[int, int], version: Mapping[str, object]) -> Callable[[DataFrame], DataFrame]:
+def with_stable_ids(ids: Mapping[int, int], version: Sequence[Column]) -> Callable[[DataFrame], DataFrame]:
     """Segment assignments -> ``customer_segments`` rows: stable ids, the model's own index, version columns.
 
     Args:
         ids: Model segment id -> published (stable) segment id.
-        version: ``run_id``, ``as_of_date``, ``model_name``, ``model_version``, ``k``, ``config_hash``.
+        version: Literal columns ``run_id``, ``as_of_date``, ``model_name``, ``model_version``, ``k``, ``config_hash``.
     """
 
     def transform(assignments: DataFrame) -> DataFrame:
@@ -44,8 +44,8 @@ def with_stable_ids(ids: Mapping[int, int], version: Mapping[str, object]) -> Ca
             "runner_up_probability",
             "membership",
             "algorithm",
-            *[F.lit(value).alias(name) for name, value in version.items()],
-        ).withColumn("k", F.col("k").cast("int"))
+            *version,
+        )
 
     return transform
 

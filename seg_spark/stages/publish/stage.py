@@ -125,33 +125,33 @@ def _publish(ctx: RunContext, as_of: date, assignments: DataFrame) -> PublishSta
         min_jaccard=settings.publish.min_match_jaccard,
         next_id=_next_id(ctx, as_of),
     )
-    version: dict[str, Any] = {
-        "run_id": ctx.run_id,
-        "as_of_date": as_of,
-        "model_name": first["model_name"],
-        "model_version": first["model_version"],
-        "k": int(first["k"]),  # the model's k: a segment may have no customer
-        "config_hash": config_hash(ctx),
-    }
+    # The version columns every consumer row carries; k is the model's (a segment may have no customer).
+    version = [
+        F.lit(ctx.run_id).alias("run_id"),
+        F.lit(as_of).alias("as_of_date"),
+        F.lit(first["model_name"]).alias("model_name"),
+        F.lit(first["model_version"]).alias("model_version"),
+        F.lit(int(first["k"])).cast("int").alias("k"),
+        F.lit(config_hash(ctx)).alias("config_hash"),
+    ]
     this_date = where(as_of_date=as_of)
-    segments = _segment_rows(ctx, as_of, assignments, matching, new_sizes, first["algorithm"], version)
-    store.replace(Table.SEGMENTS, segments, this_date)
+    segments = _segment_rows(ctx, as_of, assignments, matching, new_sizes, first["algorithm"])
+    store.replace(Table.SEGMENTS, segments.select("*", *version), this_date)
     published = assignments.transform(history.with_stable_ids(matching.ids(), version))
     store.replace(Table.CUSTOMER_SEGMENTS, published, this_date, partition_by=["as_of_date"])
-    snapshot = store.read(Table.CUSTOMER_SEGMENTS).filter(this_date.column())
-    moves = history.migration(previous, snapshot).select(
+    moves = history.migration(previous, published).select(
         F.lit(previous_as_of).cast("date").alias("previous_as_of_date"),
         "from_segment_id",
         "to_segment_id",
         "customers",
         "share_of_from",
-        *[F.lit(value).alias(name) for name, value in version.items()],
+        *version,
     )
-    store.replace(Table.SEGMENT_MIGRATION, moves.withColumn("k", F.col("k").cast("int")), this_date)
+    store.replace(Table.SEGMENT_MIGRATION, moves, this_date)
     history_changes: dict[str, int] = {}
     current_changes: dict[str, int] = {}
     if latest == as_of:
-        history_changes, current_changes = _merge_memberships(ctx, as_of, snapshot, first["model_version"])
+        history_changes, current_changes = _merge_memberships(ctx, as_of, published, first["model_version"])
     else:
         log.warning("publish %s is a backfill: the current view and the history stay at %s", as_of, latest)
     return PublishStageResult(
@@ -222,7 +222,6 @@ def _segment_rows(
     matching: identity.Matching,
     sizes: dict[int, int],
     algorithm: str,
-    version: dict[str, Any],
 ) -> DataFrame:
     """One row per segment of the new model (with feature means) and per vanished id."""
     features = ctx.store.require(Table.CUSTOMER_FEATURES, "features").filter(where(as_of_date=as_of).column())
@@ -243,10 +242,7 @@ def _segment_rows(
         for s in matching.segments
     ]  # fmt: skip
     rows += [(v, None, identity.VANISHED, None, None, 0, 0.0, {}, None, algorithm) for v in matching.vanished]
-    frame = ctx.spark.createDataFrame(rows, SEGMENTS_SCHEMA)
-    return frame.select("*", *[F.lit(value).alias(name) for name, value in version.items()]).withColumn(
-        "k", F.col("k").cast("int")
-    )
+    return ctx.spark.createDataFrame(rows, SEGMENTS_SCHEMA)
 
 
 def _merge_memberships(
