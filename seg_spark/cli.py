@@ -73,6 +73,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _config_args(maintain)
 
+    forget = sub.add_parser(
+        "forget",
+        help="delete customers from every table, vacuum with forget.retention_hours and record it in forget_log",
+    )
+    _config_args(forget)
+    who = forget.add_mutually_exclusive_group(required=True)
+    who.add_argument("--customer-id", action="append", default=[], metavar="ID", help="a customer id (repeatable)")
+    who.add_argument("--file", metavar="IDS_TXT", help="a UTF-8 file of customer ids, one per line")
+
     gen = sub.add_parser("generate", help="write a synthetic transaction log with planted archetypes")
     _config_args(gen)
     gen.add_argument("--customers", type=int, help="number of customers (default from config)")
@@ -160,6 +169,22 @@ def _maintain(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _forget(args: argparse.Namespace) -> int:
+    from seg_spark.forget import forget, read_ids_file
+    from seg_spark.lock import warehouse_lock
+    from seg_spark.tables import TableStore
+
+    ids = read_ids_file(args.file) if args.file else args.customer_id
+    settings, spark = _checked_session(args)
+    with warehouse_lock(settings.storage.root, "seg-spark forget"):  # no run may write the rows back meanwhile
+        result = forget(TableStore(spark, settings), settings, ids)
+    print(f"seg-spark forget {result.forget_id} in {settings.storage.root}:")
+    for line in result.report():
+        print(f"  {line}")
+    print(f"  audit: {len(result.removed)} row(s) in table {settings.tables.forget_log}")
+    return EXIT_OK
+
+
 def _generate(args: argparse.Namespace) -> int:
     from seg_spark.session import get_spark
     from seg_spark.synth import write_generated
@@ -191,7 +216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     _quiet_libraries()
     try:
-        return {"run": _run, "maintain": _maintain, "generate": _generate}[args.command](args)
+        return {"run": _run, "maintain": _maintain, "forget": _forget, "generate": _generate}[args.command](args)
     except SegSparkError as exc:
         print(f"seg-spark: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -112,6 +112,7 @@ class TableNames(_Strict):
     segment_membership_history: str = "segment_membership_history"
     segments_current: str = "segments_current"
     pipeline_runs: str = "pipeline_runs"
+    forget_log: str = "forget_log"
 
 
 class TrackingSettings(_Strict):
@@ -578,6 +579,18 @@ class PublishSettings(_Strict):
     )
 
 
+class ForgetSettings(_Strict):
+    """``seg-spark forget``: deleting customers from every table, and from the versions kept for time travel."""
+
+    retention_hours: int = Field(
+        default=168,
+        ge=0,
+        description="After the deletes, files no version younger than this needs are vacuumed from the tables "
+        "touched; until then time travel still reaches the forgotten rows. 0 removes them at once (and "
+        "breaks time travel to earlier versions of those tables, and any reader of one).",
+    )
+
+
 class Settings(_Strict):
     """The whole configuration of a seg-spark run."""
 
@@ -592,6 +605,7 @@ class Settings(_Strict):
     features: FeatureSettings = Field(default_factory=FeatureSettings)
     model: ModelSettings = Field(default_factory=ModelSettings)
     publish: PublishSettings = Field(default_factory=PublishSettings)
+    forget: ForgetSettings = Field(default_factory=ForgetSettings)
     run: RunSettings = Field(default_factory=RunSettings)
 
     @model_validator(mode="after")

@@ -10,7 +10,7 @@ deleted, so keep it longer than any reader or job runs.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -66,13 +66,33 @@ def maintain(store: TableStore, retention_hours: int) -> list[TableMaintenance]:
             handle = DeltaTable.forPath(store.spark, store.path(table))
             before = _files_and_bytes(handle)[0]
             handle.optimize().executeCompaction()
-            # Delta takes a VACUUM's retention from the table (an argument other than 0 is ignored).
-            store.set_property(table, RETENTION_PROPERTY, f"interval {retention_hours} hours")
-            handle.vacuum()
+            _vacuum(store, handle, table, retention_hours)
             files, size = _files_and_bytes(handle)
             done.append(TableMaintenance(table, before, files, size))
             log.info("maintained %s", done[-1].report())
     return done
+
+
+def vacuum(store: TableStore, tables: Iterable[Table], retention_hours: int) -> None:
+    """Delete the files of ``tables`` that no version younger than ``retention_hours`` needs.
+
+    Args:
+        store: The warehouse's table store.
+        tables: Existing tables to vacuum.
+        retention_hours: The retention (0 keeps only the files of the current version).
+    """
+    from delta.tables import DeltaTable
+
+    with _retention_allowed(store.spark, retention_hours):
+        for table in tables:
+            _vacuum(store, DeltaTable.forPath(store.spark, store.path(table)), table, retention_hours)
+
+
+def _vacuum(store: TableStore, handle: DeltaTable, table: Table, retention_hours: int) -> None:
+    # Delta takes a VACUUM's retention from the table (an argument other than 0 is ignored).
+    store.set_property(table, RETENTION_PROPERTY, f"interval {retention_hours} hours")
+    handle.vacuum()
+    log.info("vacuumed %s (retention %d h)", store.name(table), retention_hours)
 
 
 def _files_and_bytes(handle: DeltaTable) -> tuple[int, int]:

@@ -53,6 +53,7 @@ class Table(StrEnum):
     SEGMENT_MEMBERSHIP_HISTORY = "segment_membership_history"
     SEGMENTS_CURRENT = "segments_current"
     PIPELINE_RUNS = "pipeline_runs"
+    FORGET_LOG = "forget_log"
 
 
 # Each optional side source (its key under ``sources``) and the table its clean rows go to.
