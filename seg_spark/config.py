@@ -88,6 +88,12 @@ class StorageSettings(_Strict):
     maintain_after_run: bool = Field(
         default=False, description="Compact and vacuum every table after each successful run."
     )
+    commit_retries: int = Field(
+        default=3,
+        ge=0,
+        description="A commit that conflicts with another writer's (Delta's optimistic concurrency) is retried "
+        "this many times, after a short pause, before the run fails naming the table and the other writer.",
+    )
 
 
 class TableNames(_Strict):

@@ -14,21 +14,58 @@ from __future__ import annotations
 
 import json
 import logging
+import random
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from seg_spark.config import Settings
-from seg_spark.errors import StageInputError
+from seg_spark.errors import EXIT_CONFIG, SegSparkError, StageInputError
 from seg_spark.session import conf_set
 
 log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+# Pause before the n-th retry of a conflicting commit: n times this, plus jitter so two writers part.
+_RETRY_PAUSE_SECONDS = 0.5
+
+
+class CommitConflictError(SegSparkError):
+    """A commit kept conflicting with another writer's after the configured retries (exit code 2)."""
+
+    exit_code = EXIT_CONFIG
+
+
+def _conflicts() -> tuple[type[BaseException], ...]:
+    """Delta's commit-conflict exceptions (the optimistic-concurrency ones, all worth a retry)."""
+    from delta.exceptions import (
+        ConcurrentAppendException,
+        ConcurrentDeleteDeleteException,
+        ConcurrentDeleteReadException,
+        ConcurrentTransactionException,
+        ConcurrentWriteException,
+        DeltaConcurrentModificationException,
+        MetadataChangedException,
+        ProtocolChangedException,
+    )
+
+    return (
+        ConcurrentAppendException,
+        ConcurrentDeleteDeleteException,
+        ConcurrentDeleteReadException,
+        ConcurrentTransactionException,
+        ConcurrentWriteException,
+        DeltaConcurrentModificationException,
+        MetadataChangedException,
+        ProtocolChangedException,
+    )
 
 
 class Table(StrEnum):
@@ -329,7 +366,7 @@ class TableStore:
             writer = writer.option("userMetadata", json.dumps(metadata))
         log.debug("writing Delta table %s (%s)", self.name(table), how)
         self.committed.add(table)  # before the commit: a failure during it may still have committed
-        writer.save(self.path(table))
+        self._committing(table, how, lambda: writer.save(self.path(table)))
 
     def create_table(self, definition: ConsumerTable) -> bool:
         """Create a table from its definition (columns with comments, constraints) unless it exists.
@@ -346,12 +383,13 @@ class TableStore:
         constraints = {f"delta.constraints.{name}": check for name, check in definition.constraints.items()}
         properties = {**CONSUMER_TABLE_PROPERTIES, **constraints}
         listed = ", ".join(f"{sql_literal(k)} = {sql_literal(v)}" for k, v in properties.items())
+        statement = (
+            f"CREATE TABLE {location} ({definition.columns}) USING DELTA{partitioning} "
+            f"COMMENT {sql_literal(definition.comment)} TBLPROPERTIES ({listed})"
+        )
         self.committed.add(definition.table)
         with self._commit_metadata():
-            self.spark.sql(
-                f"CREATE TABLE {location} ({definition.columns}) USING DELTA{partitioning} "
-                f"COMMENT {sql_literal(definition.comment)} TBLPROPERTIES ({listed})"
-            )
+            self._committing(definition.table, "create", lambda: self.spark.sql(statement))
         return True
 
     def merge(self, table: Table, source: DataFrame, condition: str, clauses: Callable[[Any], Any]) -> dict[str, int]:
@@ -369,12 +407,59 @@ class TableStore:
         """
         from delta.tables import DeltaTable
 
-        builder = DeltaTable.forPath(self.spark, self.path(table)).alias("t").merge(source.alias("s"), condition)
+        def merge() -> DataFrame | None:
+            target = DeltaTable.forPath(self.spark, self.path(table)).alias("t")
+            return clauses(target.merge(source.alias("s"), condition)).execute()
+
         self.committed.add(table)
         with self._commit_metadata():
-            outcome = clauses(builder).execute()
+            outcome = self._committing(table, "merge", merge)
         row = outcome.first() if outcome is not None else None
         return {name: int(value or 0) for name, value in row.asDict().items()} if row is not None else {}
+
+    def _committing(self, table: Table, how: str, commit: Callable[[], _T]) -> _T:
+        """Make one commit to ``table``; when another writer's commit conflicts, retry it (bounded).
+
+        Raises:
+            CommitConflictError: Still conflicting after ``storage.commit_retries`` retries; names the
+                table and the runs behind its latest commits.
+        """
+        retries, conflicts, attempt = self._settings.storage.commit_retries, _conflicts(), 0
+        while True:
+            try:
+                return commit()
+            except conflicts as exc:
+                others = self._latest_writers(table)
+                if attempt >= retries:
+                    raise CommitConflictError(
+                        f"table {self.name(table)} at {self.path(table)}: the {how} conflicted with a concurrent "
+                        f"commit {attempt + 1} time(s), latest commits by {others} (storage.commit_retries = "
+                        f"{retries}). Runs of one warehouse must take turns (e.g. a Databricks job's "
+                        "max_concurrent_runs: 1): rerun this one after the other has finished"
+                    ) from exc
+                attempt += 1
+                log.warning(
+                    "%s of %s conflicted with %s; retry %d of %d", how, self.name(table), others, attempt, retries
+                )
+                time.sleep(_RETRY_PAUSE_SECONDS * attempt * (1 + random.random()))
+
+    def _latest_writers(self, table: Table, commits: int = 5) -> str:
+        """Who wrote the table's latest commits, other than this store's run: run and stage, and versions."""
+        versions: dict[str, list[str]] = {}
+        for row in self.history(table, commits).select("version", "userMetadata").collect():
+            try:
+                tag = json.loads(row["userMetadata"] or "{}")
+            except ValueError:
+                tag = {}
+            run_id = tag.get("run_id")
+            if run_id and run_id == self.commit_tag.get("run_id"):
+                continue
+            who = (
+                f"run {run_id}" + (f" ({tag['stage']})" if tag.get("stage") else "") if run_id else "an untagged writer"
+            )
+            versions.setdefault(who, []).append(str(row["version"]))
+        listed = [f"{who} at version{'s' * (len(v) > 1)} {', '.join(v)}" for who, v in versions.items()]
+        return "; ".join(listed) or "this run's own earlier attempt"
 
     @contextmanager
     def _commit_metadata(self) -> Iterator[None]:
@@ -395,8 +480,10 @@ class TableStore:
         properties = self.spark.sql(f"SHOW TBLPROPERTIES {location}").collect()
         if any(r["key"] == key and r["value"] == value for r in properties):
             return
+        statement = f"ALTER TABLE {location} SET TBLPROPERTIES ({sql_literal(key)} = {sql_literal(value)})"
         self.committed.add(table)
-        self.spark.sql(f"ALTER TABLE {location} SET TBLPROPERTIES ({sql_literal(key)} = {sql_literal(value)})")
+        with self._commit_metadata():
+            self._committing(table, f"setting {key}", lambda: self.spark.sql(statement))
 
     def _sql_name(self, table: Table) -> str:
         """The table by path in SQL: ``delta.`<location>``` with backquotes escaped."""

@@ -6,10 +6,10 @@ import pytest
 from pyspark.sql import functions as F
 
 from seg_spark.config import load_config
-from seg_spark.errors import ConfigError, StageInputError
+from seg_spark.errors import EXIT_CONFIG, ConfigError, StageInputError
 from seg_spark.runs import RunManifest
 from seg_spark.stages import STAGE_NAMES, ordered
-from seg_spark.tables import Predicate, Table, TableStore, sql_literal, where, where_in
+from seg_spark.tables import CommitConflictError, Predicate, Table, TableStore, sql_literal, where, where_in
 
 
 @pytest.fixture
@@ -82,3 +82,84 @@ def test_the_manifest_appends_a_new_stage_and_replaces_a_rerun_one_across_proces
         ("ingest", "succeeded", 11),
     ]
     assert RunManifest(store).as_of_date("r1") == date(2026, 1, 2)
+
+
+def _tagged_store(spark, root, run_id: str, retries: int = 3) -> TableStore:
+    settings = load_config([], [f"storage.root={root}", f"storage.commit_retries={retries}"])
+    return TableStore(spark, settings, {"run_id": run_id, "attempt_id": "a1"}).tagged(stage="publish")
+
+
+def test_a_conflicting_commit_is_retried_and_after_the_retries_fails_naming_the_other_run(spark, tmp_path):
+    from delta.exceptions import ConcurrentAppendException
+
+    mine, other = _tagged_store(spark, tmp_path, "my-run", retries=1), _tagged_store(spark, tmp_path, "other-run")
+    rows = spark.createDataFrame([("a", 1)], "run_id string, n int")
+    other.overwrite(Table.MODEL_SELECTION, rows)
+    calls = []
+
+    def conflicting_once() -> str:
+        calls.append(len(calls))
+        if len(calls) == 1:  # as if other-run committed between this commit's read and its write
+            other.append(Table.MODEL_SELECTION, rows)
+            raise ConcurrentAppendException("Files were added to the root of the table by a concurrent update.")
+        return "committed"
+
+    assert mine._committing(Table.MODEL_SELECTION, "append", conflicting_once) == "committed"
+    assert calls == [0, 1]
+
+    def always_conflicting() -> str:
+        raise ConcurrentAppendException("Files were added to the root of the table by a concurrent update.")
+
+    with pytest.raises(CommitConflictError) as failure:
+        mine._committing(Table.MODEL_SELECTION, "merge", always_conflicting)
+    message = str(failure.value)
+    assert failure.value.exit_code == EXIT_CONFIG
+    assert f"table model_selection at {tmp_path}/model_selection: the merge conflicted" in message
+    assert "2 time(s), latest commits by run other-run (publish) at versions 1, 0 (" in message
+    assert "storage.commit_retries = 1" in message and "max_concurrent_runs" in message
+
+
+def test_two_writers_merging_into_one_table_at_once_both_land(spark, tmp_path):
+    """Two runs (two sessions, as two processes would be) MERGE into one table at the same time: every
+    MERGE reads the whole table, so they conflict; the retries land every row once, each commit tagged."""
+    import threading
+
+    first = _tagged_store(spark.newSession(), tmp_path, "run-a", retries=10)
+    second = _tagged_store(spark.newSession(), tmp_path, "run-b", retries=10)
+    first.overwrite(
+        Table.SEGMENTS_CURRENT, spark.createDataFrame([("seed", "none")], "customer_id string, run_id string")
+    )
+    start, failures = threading.Barrier(2), []
+
+    def writer(store: TableStore, run_id: str) -> None:
+        start.wait()
+        try:
+            for batch in range(3):
+                source = store.spark.createDataFrame(
+                    [(f"{run_id}-{batch}-{i}", run_id) for i in range(5)], "customer_id string, run_id string"
+                )
+                store.merge(
+                    Table.SEGMENTS_CURRENT,
+                    source,
+                    "t.customer_id = s.customer_id",
+                    lambda m: m.whenNotMatchedInsertAll(),
+                )
+        except Exception as exc:  # noqa: BLE001  (reported by the assertion below)
+            failures.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(s, r)) for s, r in ((first, "run-a"), (second, "run-b"))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []
+    rows = first.read(Table.SEGMENTS_CURRENT)
+    assert rows.count() == 31 and rows.select("customer_id").distinct().count() == 31
+    merges = first.history(Table.SEGMENTS_CURRENT).filter(F.col("operation") == "MERGE").collect()
+    assert len(merges) == 6
+    for merge in merges:
+        tagged = merge["userMetadata"]
+        written = first.read(Table.SEGMENTS_CURRENT, merge["version"]).subtract(
+            first.read(Table.SEGMENTS_CURRENT, merge["version"] - 1)
+        )
+        assert {r["run_id"] for r in written.collect()} == {"run-a" if '"run-a"' in tagged else "run-b"}
