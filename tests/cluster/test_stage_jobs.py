@@ -36,6 +36,7 @@ from seg_spark.tables import Table, TableStore
 from seg_spark.tracking import resolve_tracking_uri
 
 from conftest import BACKGROUND
+from killing import commit_info, stage_began, versions, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -160,31 +161,6 @@ def test_a_stage_whose_input_is_missing_names_the_stage_to_run_first(spark, tmp_
     assert "transactions_clean does not exist" in capsys.readouterr().err
 
 
-def _versions(warehouse: Path) -> dict[str, int]:
-    """Each table's latest Delta version, from its log folder (no Spark needed)."""
-    return {
-        log.parent.name: max(int(f.stem) for f in log.glob("*.json"))
-        for log in warehouse.glob("*/_delta_log")
-        if any(log.glob("*.json"))
-    }
-
-
-def _commit_info(warehouse: Path, table: str, version: int) -> dict:
-    """The ``commitInfo`` action of one commit file."""
-    lines = (warehouse / table / "_delta_log" / f"{version:020d}.json").read_text().splitlines()
-    return next(json.loads(line)["commitInfo"] for line in lines if '"commitInfo"' in line)
-
-
-def _wait(condition, proc: subprocess.Popen, what: str) -> None:
-    deadline = time.monotonic() + 600
-    while not condition():
-        if proc.poll() is not None:
-            raise AssertionError(f"the process ended (exit {proc.returncode}) before {what}")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
-
-
 @dataclass
 class Kill:
     """One stage process killed at a random point: before its first commit (after a random delay) or
@@ -208,7 +184,7 @@ class Kill:
 def _kill_during(stage: str, overrides: list[str], root: Path, package: Path, rng: random.Random) -> Kill:
     kill = Kill(stage, rng.randint(0, STAGE_COMMITS[stage] - 1), round(rng.uniform(0, 2), 2))
     warehouse = root / "jobs" / "warehouse"
-    runs = _versions(warehouse).get("pipeline_runs", -1)
+    runs = versions(warehouse).get("pipeline_runs", -1)
     out = root / f"killed-{stage}.log"
     with out.open("w") as sink:
         proc = subprocess.Popen(
@@ -220,26 +196,22 @@ def _kill_during(stage: str, overrides: list[str], root: Path, package: Path, rn
             start_new_session=True,  # its own process group: the kill reaches the JVM and the Python driver
         )
         try:
-            # The stage has begun once its `running` row is appended to pipeline_runs (the start's
-            # recovery, before it, replaces rows).
-            def begun() -> bool:
-                last = _versions(warehouse).get("pipeline_runs", -1)
-                if last <= runs:
-                    return False
-                return _commit_info(warehouse, "pipeline_runs", last)["operationParameters"]["mode"] == "Append"
-
-            _wait(begun, proc, f"the {stage} stage began")
-            kill.started = _versions(warehouse)
-            info = json.loads(_commit_info(warehouse, "pipeline_runs", kill.started["pipeline_runs"])["userMetadata"])
+            wait_until(lambda: stage_began(warehouse, runs), proc, f"the {stage} stage began")
+            kill.started = versions(warehouse)
+            info = json.loads(commit_info(warehouse, "pipeline_runs", kill.started["pipeline_runs"])["userMetadata"])
             kill.attempt_id = info["attempt_id"]
             if kill.after_commits == 0:
                 time.sleep(kill.delay)
             else:
                 probe = Kill(stage, 0, 0, kill.started)
-                _wait(lambda: len(_changed_now(probe, warehouse)) >= kill.after_commits, proc, "the commits wanted")
+
+                def committed() -> bool:
+                    return len(_changed_now(probe, warehouse)) >= kill.after_commits
+
+                wait_until(committed, proc, "the commits wanted")
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=60)
-            kill.killed = _versions(warehouse)
+            kill.killed = versions(warehouse)
         except AssertionError as exc:
             kill.error = str(exc)
             if proc.poll() is None:
@@ -250,7 +222,7 @@ def _kill_during(stage: str, overrides: list[str], root: Path, package: Path, rn
 
 
 def _changed_now(probe: Kill, warehouse: Path) -> list[str]:
-    probe.killed = _versions(warehouse)
+    probe.killed = versions(warehouse)
     return probe.changed()
 
 
@@ -336,7 +308,7 @@ def _check_kills(spark: SparkSession, staged: StagedRun) -> None:
         assert kill.error is None and kill.attempt_id, f"{where}: {kill.error}\n{kill.log}"
         assert len(kill.changed()) >= kill.after_commits, where
         for table in kill.changed():
-            history = [_commit_info(warehouse, table, v) for v in range(_versions(warehouse)[table] + 1)]
+            history = [commit_info(warehouse, table, v) for v in range(versions(warehouse)[table] + 1)]
             if table not in kill.started:  # created by the killed attempt: removed, then created by the job
                 assert all(json.loads(c["userMetadata"] or "{}").get("attempt_id") != kill.attempt_id for c in history)
                 continue

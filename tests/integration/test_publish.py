@@ -1,9 +1,17 @@
 """The publish stage on hand-made segment assignments: stable ids, SCD2 history, MERGE counts, reruns."""
 
+import json
+import os
+import random
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from datetime import date, timedelta
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 from pyspark.sql import functions as F
 
@@ -13,6 +21,8 @@ from seg_spark.errors import StageInputError
 from seg_spark.pipeline import run_pipeline
 from seg_spark.stages.publish.schema import CONSUMER_TABLES
 from seg_spark.tables import Table, where
+
+from killing import stage_began, versions, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -78,6 +88,11 @@ DAY3_LABELS = (
     | {f"c{i:02d}": 1 for i in (0, *range(10, 20), *range(24, 29), 30)}
     | {f"n{i:02d}": 2 for i in range(12)}
 )
+
+
+# Day 4 (the killed publish): four of group 1 move to the new group 3.
+DAY4 = DAY1 + timedelta(days=21)
+DAY4_LABELS = DAY3_LABELS | {f"c{i}": 2 for i in range(10, 14)}
 
 
 @pytest.fixture(scope="module")
@@ -192,9 +207,11 @@ def test_every_consumer_table_reads_the_same_with_delta_rs(spark, three_days):
     deltalake = pytest.importorskip("deltalake")
     root, _ = three_days
     for definition in CONSUMER_TABLES:
-        path = f"{root}/warehouse/{definition.table.value}"
-        theirs = deltalake.DeltaTable(path).to_pyarrow_table().num_rows
-        assert theirs == spark.read.format("delta").load(path).count(), definition.table.value
+        name = definition.table.value
+        theirs = deltalake.DeltaTable(f"{root}/warehouse/{name}").to_pyarrow_table()
+        maps = {f.name for f in theirs.schema if pa.types.is_map(f.type)}  # Arrow gives key-value pairs
+        rows = [{k: dict(v) if k in maps and v is not None else v for k, v in r.items()} for r in theirs.to_pylist()]
+        assert sorted(json.dumps(r, sort_keys=True, default=str) for r in rows) == _rows(spark, root, name), name
 
 
 def test_a_backfill_publishes_its_date_and_leaves_current_and_history_at_the_latest(spark, three_days, tmp_path):
@@ -215,3 +232,72 @@ def test_a_backfill_publishes_its_date_and_leaves_current_and_history_at_the_lat
 def test_publishing_a_run_whose_segment_stage_did_not_succeed_names_the_stage_to_run(spark, tmp_path):
     with pytest.raises(StageInputError, match="needs the segment stage of run nothing.*--stage segment"):
         publish(spark, tmp_path, "nothing", DAY1)
+
+
+def _publish_process(root: Path, run_id: str, as_of: date, log: Path) -> subprocess.Popen:
+    """``seg-spark run --stage publish`` in its own process (and process group, so a kill reaches its JVM)."""
+    overrides = [f"storage.root={root}/warehouse", "tracking.enabled=false", f"features.as_of_date={as_of}"]
+    command = [sys.executable, "-m", "seg_spark.cli", "run", "--stage", "publish", "--run-id", run_id]
+    command += ["--config", "conf/base.yaml", "--set", "spark.master=local[1]", "--set", "spark.driver_memory=1g"]
+    command += [arg for item in overrides for arg in ("--set", item)]
+    with log.open("w") as sink:
+        return subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _rows(spark, root: Path, name: str, version: int | None = None) -> list[str]:
+    """A table's rows as sorted JSON text (maps with sorted keys): comparable, with nulls."""
+    reader = spark.read.format("delta")
+    if version is not None:
+        reader = reader.option("versionAsOf", version)
+    rows = reader.load(f"{root}/warehouse/{name}").collect()
+    return sorted(json.dumps(r.asDict(recursive=True), sort_keys=True, default=str) for r in rows)
+
+
+def test_a_publish_killed_at_any_point_and_rerun_leaves_the_tables_of_an_uninterrupted_one(spark, three_days, tmp_path):
+    """SIGKILL after a number of consumer-table commits drawn from the seed (0: after a random delay
+    once the stage began); each table is left at its previous version or the finished one, the
+    manifest says the run did not succeed, and the rerun gives the uninterrupted run's tables."""
+    seed = int(os.environ.get("SEG_SPARK_KILL_SEED", time.time_ns() % 10**6))
+    rng = random.Random(seed)
+    consumer = [d.table.value for d in CONSUMER_TABLES]
+    after_commits, delay = rng.randint(0, len(consumer) - 1), rng.uniform(0, 2)
+    where_ = f"seed {seed}: killed after {after_commits} commit(s) / {delay:.2f} s"
+    base, killed = tmp_path / "base", tmp_path / "killed"
+    shutil.copytree(three_days[0], base)
+    segmented(spark, base, "r4", DAY4, DAY4_LABELS)
+    shutil.copytree(base, killed)
+    warehouse = killed / "warehouse"
+    runs_before, started = versions(warehouse)["pipeline_runs"], versions(warehouse)
+    proc = _publish_process(killed, "r4", DAY4, tmp_path / "killed.log")
+    try:
+        publish(spark, base, "r4", DAY4)  # the uninterrupted run, while the process starts
+        wait_until(lambda: stage_began(warehouse, runs_before), proc, "the publish stage began")
+        if after_commits == 0:
+            time.sleep(delay)
+        else:
+
+            def committed() -> bool:
+                now = versions(warehouse)
+                return sum(now[t] > started[t] for t in consumer) >= after_commits
+
+            wait_until(committed, proc, f"{after_commits} consumer-table commits")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, f"{where_}: {(tmp_path / 'killed.log').read_text()[-3000:]}"
+
+    left = versions(warehouse)
+    if after_commits:
+        assert sum(left[t] > started[t] for t in consumer) >= after_commits, where_
+    (dead,) = [r for r in table(spark, killed, "pipeline_runs").collect() if (r.run_id, r.stage) == ("r4", "publish")]
+    assert dead.status == "running", where_  # not succeeded: the process died in it
+    for name in consumer:
+        as_left = _rows(spark, killed, name)
+        assert as_left in (_rows(spark, killed, name, started[name]), _rows(spark, base, name)), f"{where_}: {name}"
+
+    publish(spark, killed, "r4", DAY4)  # the rerun: rolls the dead attempt back, then publishes
+    for name in consumer:
+        assert _rows(spark, killed, name) == _rows(spark, base, name), f"{where_}: {name}"
+    (rerun,) = [r for r in table(spark, killed, "pipeline_runs").collect() if (r.run_id, r.stage) == ("r4", "publish")]
+    assert rerun.status == "succeeded" and rerun.attempt_id != dead.attempt_id, where_
