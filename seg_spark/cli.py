@@ -82,6 +82,15 @@ def build_parser() -> argparse.ArgumentParser:
     who.add_argument("--customer-id", action="append", default=[], metavar="ID", help="a customer id (repeatable)")
     who.add_argument("--file", metavar="IDS_TXT", help="a UTF-8 file of customer ids, one per line")
 
+    serve = sub.add_parser(
+        "serve-sql", help="serve every table over JDBC/ODBC (Spark's Thrift server) until Ctrl-C or SIGTERM"
+    )
+    _config_args(serve)
+    serve.add_argument("--port", type=int, default=10000, help="port to listen on (default 10000)")
+    serve.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1, this machine only)"
+    )
+
     gen = sub.add_parser("generate", help="write a synthetic transaction log with planted archetypes")
     _config_args(gen)
     gen.add_argument("--customers", type=int, help="number of customers (default from config)")
@@ -185,6 +194,12 @@ def _forget(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _serve_sql(args: argparse.Namespace) -> int:
+    from seg_spark.serve import Endpoint, serve
+
+    return serve(_settings(args), Endpoint(args.host, args.port))
+
+
 def _generate(args: argparse.Namespace) -> int:
     from seg_spark.session import get_spark
     from seg_spark.synth import write_generated
@@ -216,7 +231,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     _quiet_libraries()
     try:
-        return {"run": _run, "maintain": _maintain, "forget": _forget, "generate": _generate}[args.command](args)
+        return {"run": _run, "maintain": _maintain, "forget": _forget, "serve-sql": _serve_sql, "generate": _generate}[
+            args.command
+        ](args)
     except SegSparkError as exc:
         print(f"seg-spark: {exc}", file=sys.stderr)
         return exc.exit_code

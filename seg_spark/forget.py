@@ -5,7 +5,8 @@ tables, daily aggregates, state, features, assignments, segments, current view, 
 any table a later stage adds) plus the quarantine, whose rows keep the original record as
 text. It deletes the customers' rows in one MERGE per table (the ids are a small source
 joined to the table), vacuums the tables it touched with ``forget.retention_hours`` so earlier
-versions no longer hold the rows once that time has passed (0: at once), and appends one audit
+versions no longer hold the rows once that time has passed (0: at once; the tables' retention
+goes back to ``storage.retention_hours`` after, so later versions can be time-travelled to), and appends one audit
 row per customer to ``forget_log``: the SHA-256 of the id as stored, when, the tables touched
 and the rows removed. With pseudonymisation on, the ids given are hashed with the same key
 first, since the tables hold only pseudonyms.
@@ -164,7 +165,7 @@ def forget(store: TableStore, settings: Settings, ids: Sequence[str], clock: Clo
         log.info("forget: %s rows removed from %s", metrics.get("num_deleted_rows"), store.name(table))
         touched.append(table)
     retention = settings.forget.retention_hours
-    vacuum(store, touched, retention)
+    vacuum(store, touched, retention, then_retain_hours=settings.storage.retention_hours)
     result = ForgetResult(
         forget_id=uuid.uuid4().hex,
         removed=removed,

@@ -73,26 +73,34 @@ def maintain(store: TableStore, retention_hours: int) -> list[TableMaintenance]:
     return done
 
 
-def vacuum(store: TableStore, tables: Iterable[Table], retention_hours: int) -> None:
-    """Delete the files of ``tables`` that no version younger than ``retention_hours`` needs.
+def vacuum(store: TableStore, tables: Iterable[Table], retention_hours: int, then_retain_hours: int) -> None:
+    """Delete the files of ``tables`` that no version younger than ``retention_hours`` needs, once.
 
     Args:
         store: The warehouse's table store.
         tables: Existing tables to vacuum.
-        retention_hours: The retention (0 keeps only the files of the current version).
+        retention_hours: The retention of this vacuum (0 keeps only the files of the current version).
+        then_retain_hours: The tables' retention afterwards: Delta refuses time travel further back
+            than a table's retention, so a retention of 0 left on a table would forbid it for good.
     """
     from delta.tables import DeltaTable
 
     with _retention_allowed(store.spark, retention_hours):
         for table in tables:
             _vacuum(store, DeltaTable.forPath(store.spark, store.path(table)), table, retention_hours)
+            if then_retain_hours != retention_hours:
+                store.set_property(table, RETENTION_PROPERTY, _interval(then_retain_hours))
 
 
 def _vacuum(store: TableStore, handle: DeltaTable, table: Table, retention_hours: int) -> None:
     # Delta takes a VACUUM's retention from the table (an argument other than 0 is ignored).
-    store.set_property(table, RETENTION_PROPERTY, f"interval {retention_hours} hours")
+    store.set_property(table, RETENTION_PROPERTY, _interval(retention_hours))
     handle.vacuum()
     log.info("vacuumed %s (retention %d h)", store.name(table), retention_hours)
+
+
+def _interval(hours: int) -> str:
+    return f"interval {hours} hours"
 
 
 def _files_and_bytes(handle: DeltaTable) -> tuple[int, int]:

@@ -57,6 +57,7 @@ class Forgotten:
     totals: dict[str, int]  # table -> rows before the forget
     printed: str
     warehouse: Path
+    touched: list[Table]
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +84,8 @@ def forgotten(spark: SparkSession, e2e, e2e_root: Path, tmp_path_factory) -> For
     out = io.StringIO()
     with redirect_stdout(out):
         assert cli.main(argv) == 0
-    return Forgotten(store, customers, before, totals, out.getvalue(), root / "warehouse")
+    touched = [Table(t) for t, removed in before.items() if sum(removed.values())]
+    return Forgotten(store, customers, before, totals, out.getvalue(), root / "warehouse", touched)
 
 
 def test_forget_leaves_no_row_of_the_customers_in_any_reachable_version_or_file(forgotten):
@@ -101,6 +103,9 @@ def test_forget_leaves_no_row_of_the_customers_in_any_reachable_version_or_file(
                 assert _rows_of(rows, table.value, customer).count() == 0, (table, version, customer)
     for customer in customers:
         assert _files_holding(forgotten.warehouse, customer) == []
+    for table in forgotten.touched:  # time travel still works from now on: the usual retention is back
+        properties = dict(store.spark.sql(f"SHOW TBLPROPERTIES delta.`{store.path(table)}`").collect())
+        assert properties["delta.deletedFileRetentionDuration"] == "interval 168 hours", table
 
 
 def test_forget_removes_only_those_rows_and_records_each_customer_hashed(forgotten):

@@ -3,8 +3,11 @@
 import json
 import os
 import random
+import re
+import select
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -19,6 +22,7 @@ from seg_spark.config import load_config
 from seg_spark.context import RunContext
 from seg_spark.errors import StageInputError
 from seg_spark.pipeline import run_pipeline
+from seg_spark.serve import Endpoint, _listening, beeline, existing_tables, registration_sql
 from seg_spark.stages.publish.schema import CONSUMER_TABLES
 from seg_spark.tables import Table, where
 
@@ -301,3 +305,75 @@ def test_a_publish_killed_at_any_point_and_rerun_leaves_the_tables_of_an_uninter
         assert _rows(spark, killed, name) == _rows(spark, base, name), f"{where_}: {name}"
     (rerun,) = [r for r in table(spark, killed, "pipeline_runs").collect() if (r.run_id, r.stage) == ("r4", "publish")]
     assert rerun.status == "succeeded" and rerun.attempt_id != dead.attempt_id, where_
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _documented_queries() -> list[str]:
+    text = (Path(__file__).resolve().parents[2] / "docs" / "SQL.md").read_text()
+    return re.findall(r"```sql\n(.*?)```", text, flags=re.S)
+
+
+def _csv(value) -> str:
+    """A Spark value as beeline's CSV shows it."""
+    return "NULL" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _beeline_answers(endpoint: Endpoint, queries: list[str]) -> list[list[str]]:
+    """Each query's rows (header first) from one beeline session, split at marker queries."""
+    script = "".join(f"SELECT 'answer-{i}' AS marker;\n{q.strip()}\n" for i, q in enumerate(queries))
+    done = beeline(endpoint, script)
+    assert done.returncode == 0, done.stderr[-3000:]
+    answers: list[list[str]] = []
+    for line in done.stdout.splitlines():
+        if re.fullmatch(r"answer-\d+", line):
+            answers.append([])
+        elif answers and line and line != "marker":
+            answers[-1].append(line)
+    return answers
+
+
+def test_the_documented_queries_answer_through_the_thrift_server_as_in_spark(spark, three_days):
+    """``seg-spark serve-sql`` (a process) serves the warehouse; every query of docs/SQL.md, sent with
+    beeline, answers what Spark answers in process and what the fixture's moves say; SIGTERM stops it."""
+    root, _ = three_days
+    endpoint = Endpoint("127.0.0.1", _free_port())
+    command = [sys.executable, "-m", "seg_spark.cli", "serve-sql", "--config", "conf/base.yaml"]
+    command += ["--port", str(endpoint.port), "--set", f"storage.root={root}/warehouse"]
+    command += ["--set", "spark.master=local[1]", "--set", "spark.driver_memory=1g"]
+    server = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        ready, _, _ = select.select([server.stdout], [], [], 240)
+        first = server.stdout.readline() if ready else ""
+        assert first.startswith("serving "), f"{first}{server.stderr.read() if server.poll() is not None else ''}"
+        assert server.stdout.readline().startswith(f"JDBC URL: {endpoint.url('seg_spark')}")
+        queries = _documented_queries()
+        answers = _beeline_answers(endpoint, queries)
+    finally:
+        if server.poll() is None:
+            server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=60) == 0, server.stderr.read()[-3000:]
+    assert "stopped the server" in server.stderr.read()
+    assert not _listening(endpoint)
+
+    settings = load_config([], [f"storage.root={root}/warehouse"])
+    for statement in registration_sql("seg_spark", existing_tables(settings)).split(";")[:-1]:
+        spark.sql(statement)
+    assert len(answers) == len(queries) == 5
+    for query, answer in zip(queries, answers, strict=True):
+        expected = spark.sql(query.strip().rstrip(";"))
+        rows = [",".join(_csv(v) for v in row) for row in expected.collect()]
+        assert answer == [",".join(expected.columns), *rows], query
+    current, sizes, moves, durations, as_was = answers
+    assert current[1:] == ["c00,1,2026-03-08,true,r2"]
+    assert len(sizes) == 1 + 3 + 3 + 4  # header, days 1 and 2, day 3 with the vanished segment
+    assert [m.split(",")[0] for m in moves[1:]] == ["c24", "c25", "c26", "c27", "c28", "c30"]
+    assert all(m.endswith(",2,1,2026-03-15") for m in moves[1:])
+    assert durations[0] == "segment_id,memberships,current_members,avg_days_in_segment"
+    assert as_was[1:] == ["30,30"]  # version 1: the first publish's MERGE
