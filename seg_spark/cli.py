@@ -179,11 +179,11 @@ def _maintain(args: argparse.Namespace) -> int:
 
 
 def _forget(args: argparse.Namespace) -> int:
-    from seg_spark.forget import forget, read_ids_file
+    from seg_spark.forget import checked_ids, forget, read_ids_file
     from seg_spark.lock import warehouse_lock
     from seg_spark.tables import TableStore
 
-    ids = read_ids_file(args.file) if args.file else args.customer_id
+    ids = checked_ids(read_ids_file(args.file) if args.file else args.customer_id)
     settings, spark = _checked_session(args)
     with warehouse_lock(settings.storage.root, "seg-spark forget"):  # no run may write the rows back meanwhile
         result = forget(TableStore(spark, settings), settings, ids)

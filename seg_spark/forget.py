@@ -25,7 +25,7 @@ import logging
 import re
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from pyspark.sql import DataFrame, SparkSession
@@ -74,7 +74,6 @@ class ForgetResult:
     removed: dict[str, dict[str, int]]
     vacuumed: list[str]
     retention_hours: int
-    unknown: list[str] = field(default_factory=list)
 
     def report(self) -> list[str]:
         """Lines for the console: per customer the rows removed by table, then the vacuum."""
@@ -118,6 +117,18 @@ def read_ids_file(path: str | Path) -> list[str]:
     return ids
 
 
+def checked_ids(ids: Sequence[str]) -> list[str]:
+    """The ids without surrounding blanks or repeats.
+
+    Raises:
+        ConfigError: An id is empty.
+    """
+    given = list(dict.fromkeys(i.strip() for i in ids))
+    if not all(given):
+        raise ConfigError("an empty customer id was given: pass each id with --customer-id ID, or list them in --file")
+    return given
+
+
 def stored_ids(settings: Settings, ids: Sequence[str]) -> dict[str, str]:
     """Each id as the tables hold it: the id itself, or its HMAC-SHA256 with pseudonymisation on."""
     if not settings.privacy.pseudonymise_customer_id:
@@ -149,7 +160,7 @@ def forget(store: TableStore, settings: Settings, ids: Sequence[str], clock: Clo
     Returns:
         Rows removed per customer and table, and the tables vacuumed.
     """
-    given = list(dict.fromkeys(i.strip() for i in ids))
+    given = checked_ids(ids)
     stored = stored_ids(settings, given)
     source = ids_frame(store.spark, stored)
     removed: dict[str, dict[str, int]] = {i: {} for i in given}
@@ -162,7 +173,10 @@ def forget(store: TableStore, settings: Settings, ids: Sequence[str], clock: Clo
         for row in counts:
             removed[row["raw_id"]][store.name(table)] = int(row["rows"])
         metrics = store.merge(table, source, _match_sql(table, "t", "s"), lambda merge: merge.whenMatchedDelete())
-        log.info("forget: %s rows removed from %s", metrics.get("num_deleted_rows"), store.name(table))
+        counted = sum(int(row["rows"]) for row in counts)
+        if metrics.get("num_deleted_rows") != counted:  # only a writer ignoring the warehouse lock could do this
+            log.warning("forget: %s rows counted in %s but %s deleted", counted, store.name(table), metrics)
+        log.info("forget: %s rows removed from %s", counted, store.name(table))
         touched.append(table)
     retention = settings.forget.retention_hours
     vacuum(store, touched, retention, then_retain_hours=settings.storage.retention_hours)
@@ -171,7 +185,6 @@ def forget(store: TableStore, settings: Settings, ids: Sequence[str], clock: Clo
         removed=removed,
         vacuumed=[store.name(t) for t in touched],
         retention_hours=retention,
-        unknown=[i for i in given if not removed[i]],
     )
     store.append(Table.FORGET_LOG, _log_rows(store, result, stored, clock or Clock()))
     return result

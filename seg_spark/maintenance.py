@@ -87,7 +87,12 @@ def vacuum(store: TableStore, tables: Iterable[Table], retention_hours: int, the
 
     with _retention_allowed(store.spark, retention_hours):
         for table in tables:
-            _vacuum(store, DeltaTable.forPath(store.spark, store.path(table)), table, retention_hours)
+            handle = DeltaTable.forPath(store.spark, store.path(table))
+            if retention_hours == 0:  # an argument of 0 is honoured: no property to set and put back
+                handle.vacuum(0)
+                log.info("vacuumed %s (retention 0 h)", store.name(table))
+                continue
+            _vacuum(store, handle, table, retention_hours)
             if then_retain_hours != retention_hours:
                 store.set_property(table, RETENTION_PROPERTY, _interval(then_retain_hours))
 

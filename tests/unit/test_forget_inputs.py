@@ -45,6 +45,10 @@ def test_the_cli_refuses_a_bad_ids_file_before_starting_anything(tmp_path, capsy
     err = capsys.readouterr().err
     assert f"{path} line 2: 'C-2;C-3' holds more than one value" in err
     assert f"cannot read the ids file {missing}: No such file or directory" in err
+    assert (
+        cli.main(["forget", "--customer-id", "C-1", "--customer-id", " ", "--set", f"storage.root={tmp_path}/w"]) == 2
+    )
+    assert "an empty customer id was given" in capsys.readouterr().err
     assert not (tmp_path / "w").exists()
 
 
