@@ -9,7 +9,9 @@ of the customers move to another segment), then, in one embedded Spark session (
 1. publishes the first date (the consumer tables are created; every customer is inserted);
 2. publishes the second date (stable ids matched, history and current view MERGEd);
 3. overwrites a copy of ``segments_current`` as the first publish left it with the rows the
-   second publish's MERGE left (read once into memory first), the alternative to the MERGE.
+   second publish's MERGE left (read once into memory first, so the overwrite's time is a lower
+   bound: only the write), the alternative to the MERGE;
+4. counts the rows each of the two commits put in the table's change data feed.
 
 The MERGE's time is Delta's own ``executionTimeMs`` of that commit. Target (issue 12): the
 MERGE at most half the overwrite's time.
@@ -108,6 +110,20 @@ def _merge_commit(spark: SparkSession, path: str) -> dict[str, int]:
     return {k: int(v) for k, v in row["operationMetrics"].items()}
 
 
+def _change_rows(spark: SparkSession, path: str) -> int:
+    """Rows the table's last commit recorded in its change data feed (what a change-feed reader gets)."""
+    from delta.tables import DeltaTable
+
+    version = DeltaTable.forPath(spark, path).history(1).first()["version"]
+    return (
+        spark.read.format("delta")
+        .option("readChangeFeed", "true")
+        .option("startingVersion", version)
+        .load(path)
+        .count()
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--customers", type=int, default=1_000_000)
@@ -115,20 +131,21 @@ def main() -> None:
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="seg-spark-bench-publish-"))
     spark = get_spark(_settings(root, "b1", DAY1).spark)
-    current = f"{root}/warehouse/segments_current"
+    current, copy = f"{root}/warehouse/segments_current", root / "current_after_first"
     try:
         _segmented(spark, root, "b1", DAY1, args.customers, 0.0)
         first = _publish(spark, root, "b1", DAY1)
-        shutil.copytree(current, root / "current_after_first")
+        shutil.copytree(current, copy)
         _segmented(spark, root, "b2", DAY2, args.customers, args.change)
         second = _publish(spark, root, "b2", DAY2)
         merge = _merge_commit(spark, current)
         final = spark.read.format("delta").load(current).cache()
         final.count()
         started = time.monotonic()
-        final.write.format("delta").mode("overwrite").save(str(root / "current_after_first"))
+        final.write.format("delta").mode("overwrite").save(str(copy))
         overwrite = round(time.monotonic() - started, 1)
         final.unpersist()
+        feed = {name: _change_rows(spark, path) for name, path in (("merge", current), ("overwrite", str(copy)))}
         merge_seconds = round(merge["executionTimeMs"] / 1000, 1)
         record(
             "publish",
@@ -142,6 +159,8 @@ def main() -> None:
                 "current_merge_rows_inserted": merge["numTargetRowsInserted"],
                 "current_overwrite_seconds": overwrite,
                 "merge_over_overwrite": round(merge_seconds / overwrite, 2),
+                "change_feed_rows_merge": feed["merge"],
+                "change_feed_rows_overwrite": feed["overwrite"],
             },
         )
     finally:

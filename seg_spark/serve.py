@@ -226,9 +226,9 @@ def serve(settings: Settings, endpoint: Endpoint, start_timeout: float = 300) ->
             start_new_session=True,  # Ctrl-C reaches this process only, which stops the server cleanly
         )
         try:
-            _wait_until_serving(endpoint, server, server_log, stop, start_timeout)
-            if not stop:
-                _register(endpoint, database, tables, server_log)
+            registration = registration_sql(database, tables)
+            if _register_when_serving(endpoint, server, registration, stop, start_timeout, server_log):
+                log.info("registered %s in %s", ", ".join(tables), database)
                 print(f"serving {len(tables)} tables of {settings.storage.root} in database {database}")
                 print(f"JDBC URL: {endpoint.url(database)}   (Ctrl-C or SIGTERM stops the server)", flush=True)
             while not stop and server.poll() is None:
@@ -244,26 +244,36 @@ def serve(settings: Settings, endpoint: Endpoint, start_timeout: float = 300) ->
     return 0
 
 
-def _wait_until_serving(
-    endpoint: Endpoint, server: subprocess.Popen[bytes], server_log: Path, stop: list[int], timeout: float
-) -> None:
-    """Wait until the server answers a session (it listens a little before it can open one)."""
+def _register_when_serving(
+    endpoint: Endpoint,
+    server: subprocess.Popen[bytes],
+    registration: str,
+    stop: list[int],
+    timeout: float,
+    server_log: Path,
+) -> bool:
+    """Register the tables as soon as the server opens sessions (it listens a little before it can).
+
+    Returns:
+        True once registered; False when a stop was asked for first.
+
+    Raises:
+        ServerError: The server ended, or did not answer in time, or refused the statements.
+    """
     deadline = time.monotonic() + timeout
     while not stop:
         if server.poll() is not None:
             raise ServerError(f"the Thrift server did not start (exit {server.returncode}):\n{_tail(server_log)}")
         if time.monotonic() > deadline:
             raise ServerError(f"the Thrift server did not answer within {timeout:.0f} s:\n{_tail(server_log)}")
-        if _listening(endpoint) and beeline(endpoint, "SELECT 1;", timeout=60).returncode == 0:
-            return
+        if _listening(endpoint):
+            done = beeline(endpoint, registration)
+            if done.returncode == 0:
+                return True
+            if "Could not open client transport" not in done.stderr:  # connected, and a statement failed
+                raise ServerError(f"registering the tables failed:\n{done.stderr[-3000:]}\n{_tail(server_log)}")
         time.sleep(1)
-
-
-def _register(endpoint: Endpoint, database: str, tables: dict[str, str], server_log: Path) -> None:
-    done = beeline(endpoint, registration_sql(database, tables))
-    if done.returncode != 0:
-        raise ServerError(f"registering the tables failed:\n{done.stderr[-3000:]}\n{_tail(server_log)}")
-    log.info("registered %s in %s", ", ".join(tables), database)
+    return False
 
 
 def _listening(endpoint: Endpoint) -> bool:

@@ -238,6 +238,11 @@ def test_publishing_a_run_whose_segment_stage_did_not_succeed_names_the_stage_to
         publish(spark, tmp_path, "nothing", DAY1)
 
 
+# Subprocess JVMs here are short: C1 alone costs less CPU than tiered compilation (its code cache
+# sized back up to the default, which Spark fills).
+SHORT_JVM = {**os.environ, "JAVA_TOOL_OPTIONS": "-XX:TieredStopAtLevel=1 -XX:ReservedCodeCacheSize=240m"}
+
+
 def _publish_process(root: Path, run_id: str, as_of: date, log: Path) -> subprocess.Popen:
     """``seg-spark run --stage publish`` in its own process (and process group, so a kill reaches its JVM)."""
     overrides = [f"storage.root={root}/warehouse", "tracking.enabled=false", f"features.as_of_date={as_of}"]
@@ -245,7 +250,7 @@ def _publish_process(root: Path, run_id: str, as_of: date, log: Path) -> subproc
     command += ["--config", "conf/base.yaml", "--set", "spark.master=local[1]", "--set", "spark.driver_memory=1g"]
     command += [arg for item in overrides for arg in ("--set", item)]
     with log.open("w") as sink:
-        return subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True, env=SHORT_JVM)
 
 
 def _rows(spark, root: Path, name: str, version: int | None = None) -> list[str]:
@@ -346,7 +351,7 @@ def test_the_documented_queries_answer_through_the_thrift_server_as_in_spark(spa
     command += ["--port", str(endpoint.port), "--set", f"storage.root={root}/warehouse"]
     command += ["--set", "spark.master=local[1]", "--set", "spark.driver_memory=1g"]
     server = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, env=SHORT_JVM
     )
     try:
         ready, _, _ = select.select([server.stdout], [], [], 240)
