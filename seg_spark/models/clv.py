@@ -1,0 +1,191 @@
+"""BG/NBD and Gamma-Gamma, fitted by maximum likelihood on compressed sufficient statistics.
+
+The BG/NBD model (Fader, Hardie and Lee 2005) describes repeat purchases: while alive, a
+customer buys at a Poisson rate drawn from Gamma(r, alpha); after each purchase the customer
+drops out with a probability drawn from Beta(a, b). Its likelihood needs only each customer's
+``(x, t_x, T)``: repeat purchases, time of the last one and age, in one time unit. Customers
+with the same triple contribute the same term, so the fit runs on the distinct triples with
+their counts as weights: its cost depends on the distinct summaries, not on the customers.
+
+The Gamma-Gamma model (Fader, Hardie and Lee 2005, "RFM and CLV") describes the mean value
+``m_x`` of a repeat buyer's ``x`` repeat purchases: each value is Gamma(p, nu), nu drawn from
+Gamma(q, v). It is fitted on repeat buyers only, again on weighted distinct ``(x, m_x)``.
+
+Both fits maximise the log-likelihood in log-parameter space (every parameter is positive)
+from several starts with L-BFGS-B, keep the best, check convergence, and give standard errors
+from the inverse of the numerical Hessian of the log-likelihood at the optimum. An L2
+penalizer (off by default) adds ``penalizer * sum(params**2)`` to the negative log-likelihood.
+Everything here runs on the driver with NumPy/SciPy on arrays of distinct summaries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+from scipy.optimize import minimize  # type: ignore[import-untyped]
+from scipy.special import betaln, gammaln  # type: ignore[import-untyped]
+
+from seg_spark.errors import DataError
+
+FloatArray = NDArray[np.float64]
+
+# Starting points of the fits, in the models' own parameters (r, alpha, a, b) and (p, q, v).
+BGNBD_STARTS: tuple[tuple[float, ...], ...] = ((1.0, 1.0, 1.0, 1.0), (0.5, 5.0, 0.5, 2.0), (2.0, 20.0, 1.5, 5.0))
+GAMMA_GAMMA_STARTS: tuple[tuple[float, ...], ...] = ((1.0, 1.0, 1.0), (5.0, 3.0, 10.0), (10.0, 5.0, 50.0))
+
+
+class ClvFitError(DataError):
+    """The data cannot support the model (too few customers or repeat buyers, or no convergence)."""
+
+
+@dataclass(frozen=True)
+class Fit:
+    """A maximum-likelihood fit: parameters by name, log-likelihood, standard errors, how it ended."""
+
+    params: dict[str, float]
+    log_likelihood: float
+    std_errors: dict[str, float]
+    converged: bool
+    message: str
+    starts: int
+
+
+@dataclass(frozen=True)
+class Summaries:
+    """Distinct ``(x, t_x, T)`` triples (``T`` as ``age``) with the number of customers sharing each."""
+
+    x: FloatArray
+    t_x: FloatArray
+    age: FloatArray  # the literature's T: time from the first purchase to the end of the period
+    weights: FloatArray
+
+    @classmethod
+    def compress(cls, x: Sequence[float], t_x: Sequence[float], age: Sequence[float]) -> Summaries:
+        """Group per-customer triples into distinct ones with counts (what Spark's groupBy gives)."""
+        triples = np.column_stack([np.asarray(v, dtype=float) for v in (x, t_x, age)])
+        distinct, counts = np.unique(triples, axis=0, return_counts=True)
+        return cls(distinct[:, 0], distinct[:, 1], distinct[:, 2], counts.astype(float))
+
+
+def bgnbd_log_likelihood(params: Sequence[float] | FloatArray, s: Summaries) -> float:
+    """The BG/NBD log-likelihood of the weighted summaries at ``(r, alpha, a, b)``."""
+    r, alpha, a, b = params
+    x, t_x, age = s.x, s.t_x, s.age
+    common = gammaln(r + x) - gammaln(r) + r * np.log(alpha) + betaln(a, b + x) - betaln(a, b)
+    alive = -(r + x) * np.log(alpha + age)
+    repeat = x > 0
+    # log(a / (b + x - 1)) - (r + x) log(alpha + t_x), only where x > 0 (the drop-out term)
+    dropped = np.full_like(x, -np.inf)
+    dropped[repeat] = np.log(a) - np.log(b + x[repeat] - 1) - (r + x[repeat]) * np.log(alpha + t_x[repeat])
+    return float(np.sum(s.weights * (common + np.logaddexp(alive, dropped))))
+
+
+def gamma_gamma_log_likelihood(
+    params: Sequence[float] | FloatArray, x: FloatArray, m_x: FloatArray, weights: FloatArray
+) -> float:
+    """The Gamma-Gamma log-likelihood of repeat buyers' mean values ``m_x`` at ``(p, q, v)``."""
+    p, q, v = params
+    px = p * x
+    terms = (
+        gammaln(px + q)
+        - gammaln(px)
+        - gammaln(q)
+        + q * np.log(v)
+        + (px - 1) * np.log(m_x)
+        + px * np.log(x)
+        - (px + q) * np.log(x * m_x + v)
+    )
+    return float(np.sum(weights * terms))
+
+
+def fit_bgnbd(s: Summaries, penalizer: float = 0.0) -> Fit:
+    """Fit BG/NBD to weighted summaries.
+
+    Raises:
+        ClvFitError: No customer, or no repeat purchase (the drop-out process is then unidentified).
+    """
+    if s.weights.sum() == 0 or not np.any(s.x > 0):
+        raise ClvFitError(
+            "BG/NBD needs customers with repeat purchases: every customer bought once (or there is none); "
+            "use a longer calibration period or a finer time unit"
+        )
+    return _fit(lambda theta: bgnbd_log_likelihood(theta, s), ("r", "alpha", "a", "b"), BGNBD_STARTS, penalizer)
+
+
+def fit_gamma_gamma(x: Sequence[float], m_x: Sequence[float], penalizer: float = 0.0, min_buyers: int = 10) -> Fit:
+    """Fit Gamma-Gamma to repeat buyers' repeat-purchase counts ``x`` and mean values ``m_x``.
+
+    Rows with ``x == 0`` or a non-positive mean value are left out (the model is for repeat buyers).
+
+    Raises:
+        ClvFitError: Fewer than ``min_buyers`` repeat buyers with a positive mean value.
+    """
+    xs, ms = np.asarray(x, dtype=float), np.asarray(m_x, dtype=float)
+    keep = (xs > 0) & (ms > 0)
+    if keep.sum() < min_buyers:
+        raise ClvFitError(
+            f"Gamma-Gamma needs at least {min_buyers} repeat buyers with a positive mean value; found {keep.sum()}"
+        )
+    pairs, counts = np.unique(np.column_stack([xs[keep], ms[keep]]), axis=0, return_counts=True)
+    weights = counts.astype(float)
+    return _fit(
+        lambda theta: gamma_gamma_log_likelihood(theta, pairs[:, 0], pairs[:, 1], weights),
+        ("p", "q", "v"),
+        GAMMA_GAMMA_STARTS,
+        penalizer,
+    )
+
+
+def _fit(
+    log_likelihood: Callable[[FloatArray], float],
+    names: tuple[str, ...],
+    starts: tuple[tuple[float, ...], ...],
+    penalizer: float,
+) -> Fit:
+    """Maximise ``log_likelihood`` over positive parameters from each start; keep the best."""
+
+    def objective(log_theta: FloatArray) -> float:
+        theta = np.exp(log_theta)
+        value = -log_likelihood(theta) + penalizer * float(np.sum(theta**2))
+        return value if np.isfinite(value) else 1e300
+
+    results = [minimize(objective, np.log(start), method="L-BFGS-B") for start in starts]
+    best = min(results, key=lambda result: result.fun)
+    theta = np.exp(best.x)
+    if not np.all(np.isfinite(theta)):
+        raise ClvFitError(f"the {'/'.join(names)} fit did not reach finite parameters: {best.message}")
+    errors = _std_errors(log_likelihood, theta)
+    return Fit(
+        params=dict(zip(names, map(float, theta), strict=True)),
+        log_likelihood=log_likelihood(theta),
+        std_errors=dict(zip(names, map(float, errors), strict=True)),
+        converged=bool(best.success),
+        message=str(best.message),
+        starts=len(starts),
+    )
+
+
+def _std_errors(log_likelihood: Callable[[FloatArray], float], theta: FloatArray) -> FloatArray:
+    """Square roots of the diagonal of the inverse observed information (central differences)."""
+    k = len(theta)
+    steps = 1e-4 * np.maximum(np.abs(theta), 1e-3)
+    hessian = np.empty((k, k))
+    for i in range(k):
+        for j in range(i, k):
+            shifted = []
+            for si, sj in ((1, 1), (1, -1), (-1, 1), (-1, -1)):
+                point = theta.copy()
+                point[i] += si * steps[i]
+                point[j] += sj * steps[j]
+                shifted.append(log_likelihood(point))
+            hessian[i, j] = hessian[j, i] = (shifted[0] - shifted[1] - shifted[2] + shifted[3]) / (
+                4 * steps[i] * steps[j]
+            )
+    try:
+        covariance = np.linalg.inv(-hessian)
+    except np.linalg.LinAlgError:
+        return np.full(k, np.nan)
+    return np.sqrt(np.where(np.diag(covariance) > 0, np.diag(covariance), np.nan))
