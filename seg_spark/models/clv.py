@@ -15,7 +15,9 @@ Both fits maximise the log-likelihood in log-parameter space (every parameter is
 from several starts with L-BFGS-B, keep the best, check convergence, and give standard errors
 from the inverse of the numerical Hessian of the log-likelihood at the optimum. An L2
 penalizer (off by default) adds ``penalizer * sum(params**2)`` to the negative log-likelihood.
-Everything here runs on the driver with NumPy/SciPy on arrays of distinct summaries.
+The fits run on the driver with NumPy/SciPy on arrays of distinct summaries; scoring every
+customer is Spark column expressions (P(alive), expected purchases with the hypergeometric
+series as one ``aggregate`` expression, expected order value), no Python UDF.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
+from pyspark.sql import Column
+from pyspark.sql import functions as F
 from scipy.optimize import minimize  # type: ignore[import-untyped]
 from scipy.special import betaln, gammaln  # type: ignore[import-untyped]
 
@@ -189,3 +193,56 @@ def _std_errors(log_likelihood: Callable[[FloatArray], float], theta: FloatArray
     except np.linalg.LinAlgError:
         return np.full(k, np.nan)
     return np.sqrt(np.where(np.diag(covariance) > 0, np.diag(covariance), np.nan))
+
+
+# --- scoring in Spark (column expressions only) -------------------------------------------------
+
+
+def _hyp2f1(a: Column, b: Column, c: Column, z: Column, terms: int) -> Column:
+    """Gauss's hypergeometric 2F1(a, b; c; z) for 0 <= z < 1 as ``terms`` terms of its series.
+
+    One ``aggregate`` over a sequence (a loop inside one expression, no Python UDF); each term is
+    the previous one times (a + n)(b + n) / ((c + n)(n + 1)) z. The struct also carries the last
+    term, so convergence can be checked.
+    """
+    start = F.struct(F.lit(1.0).alias("term"), F.lit(1.0).alias("total"))
+
+    def step(acc: Column, n: Column) -> Column:
+        term = acc["term"] * (a + n) * (b + n) / ((c + n) * (n + 1)) * z
+        return F.struct(term.alias("term"), (acc["total"] + term).alias("total"))
+
+    return F.aggregate(F.sequence(F.lit(0), F.lit(terms - 1)), start, step)
+
+
+def _dropout_odds(params: dict[str, float]) -> Column:
+    """The drop-out odds a / (b + x - 1) ((alpha + T) / (alpha + t_x))^(r + x); 0 without a repeat purchase."""
+    r, alpha, a, b = (F.lit(params[n]) for n in ("r", "alpha", "a", "b"))
+    x, t_x, age = F.col("x"), F.col("t_x"), F.col("age")
+    odds = a / (b + x - 1) * F.pow((alpha + age) / (alpha + t_x), r + x)
+    return F.when(x > 0, odds).otherwise(F.lit(0.0))
+
+
+def p_alive(params: dict[str, float]) -> Column:
+    """P(alive at the end of the calibration period | x, t_x, age) under BG/NBD."""
+    return 1.0 / (1.0 + _dropout_odds(params))
+
+
+def expected_purchases(params: dict[str, float], horizon: float, terms: int) -> Column:
+    """Expected purchases in the next ``horizon`` time units | x, t_x, age (Fader et al. 2005, eq. 10).
+
+    A struct: ``value``, and ``last_term`` of the hypergeometric series (for the convergence check).
+    """
+    r, alpha, a, b = (F.lit(params[n]) for n in ("r", "alpha", "a", "b"))
+    x, age, t = F.col("x"), F.col("age"), F.lit(float(horizon))
+    series = _hyp2f1(r + x, b + x, a + b + x - 1, t / (alpha + age + t), terms)
+    bracket = 1 - F.pow((alpha + age) / (alpha + age + t), r + x) * series["total"]
+    value = (a + b + x - 1) / (a - 1) * bracket / (1 + _dropout_odds(params))
+    return F.struct(value.alias("value"), series["term"].alias("last_term"))
+
+
+def expected_order_value(params: dict[str, float]) -> Column:
+    """Gamma-Gamma's expected mean purchase value | x, m_x; the population mean for one-time buyers."""
+    p, q, v = (F.lit(params[n]) for n in ("p", "q", "v"))
+    x, m_x = F.col("x"), F.col("m_x")
+    conditional = p * (v + x * m_x) / (p * x + q - 1)
+    return F.when((x > 0) & m_x.isNotNull(), conditional).otherwise(p * v / (q - 1))
