@@ -11,6 +11,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from datetime import date
 from typing import TYPE_CHECKING
 
 from seg_spark import preflight
@@ -91,6 +92,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1, this machine only)"
     )
 
+    backtest = sub.add_parser(
+        "clv-backtest",
+        help="fit BG/NBD and Gamma-Gamma on a calibration period of the source and forecast the holdout period",
+    )
+    _config_args(backtest)
+    backtest.add_argument("--calibration-end", required=True, type=_day, metavar="YYYY-MM-DD")
+    backtest.add_argument("--holdout-end", required=True, type=_day, metavar="YYYY-MM-DD")
+    backtest.add_argument("--time-unit", default="week", choices=["week", "day"])
+    backtest.add_argument("--json", action="store_true", help="print one JSON object instead of the report")
+
     gen = sub.add_parser("generate", help="write a synthetic transaction log with planted archetypes")
     _config_args(gen)
     gen.add_argument("--customers", type=int, help="number of customers (default from config)")
@@ -100,6 +111,13 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--out", required=True, help="output folder (transactions/ and truth/)")
     gen.add_argument("--format", default="parquet", choices=["parquet", "csv", "json", "delta"])
     return parser
+
+
+def _day(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date: write YYYY-MM-DD") from None
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -200,6 +218,22 @@ def _serve_sql(args: argparse.Namespace) -> int:
     return serve(_settings(args), Endpoint(args.host, args.port))
 
 
+def _clv_backtest(args: argparse.Namespace) -> int:
+    import json
+
+    from seg_spark.backtest import clv_backtest
+
+    settings, spark = _checked_session(args)
+    result = clv_backtest(spark, settings, args.calibration_end, args.holdout_end, args.time_unit)
+    if args.json:
+        print(json.dumps(result.as_json()))
+    else:
+        print("seg-spark clv-backtest")
+        for line in result.report():
+            print(f"  {line}")
+    return EXIT_OK
+
+
 def _generate(args: argparse.Namespace) -> int:
     from seg_spark.session import get_spark
     from seg_spark.synth import write_generated
@@ -231,9 +265,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     _quiet_libraries()
     try:
-        return {"run": _run, "maintain": _maintain, "forget": _forget, "serve-sql": _serve_sql, "generate": _generate}[
-            args.command
-        ](args)
+        return {
+            "run": _run,
+            "maintain": _maintain,
+            "forget": _forget,
+            "serve-sql": _serve_sql,
+            "clv-backtest": _clv_backtest,
+            "generate": _generate,
+        }[args.command](args)
     except SegSparkError as exc:
         print(f"seg-spark: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -1,0 +1,189 @@
+"""``seg-spark clv-backtest``: how well BG/NBD forecasts repeat purchases on the configured data.
+
+The configured transaction source is read and cleaned by the ingest rules (nothing is
+written), purchases (returns left out) up to the holdout end are summarised per customer in
+Spark (``seg_spark.features.repeat``), BG/NBD is fitted on the distinct calibration summaries
+and Gamma-Gamma on the repeat buyers (a bounded sample of them), and each customer's expected
+repeat purchases over the holdout period are set against the actual ones: in total and by
+calibration frequency (the classic calibration-vs-holdout table).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import date
+from typing import Any
+
+import numpy as np
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from seg_spark import io, quality, synth
+from seg_spark.clock import utc_now
+from seg_spark.config import Settings
+from seg_spark.errors import ConfigError
+from seg_spark.features.repeat import repeat_summaries
+from seg_spark.models.clv import ClvFitError, Fit, Summaries, expected_purchases, fit_bgnbd, fit_gamma_gamma
+from seg_spark.privacy import pseudonym_key
+
+log = logging.getLogger(__name__)
+
+TIME_UNIT_DAYS = {"day": 1, "week": 7}
+# Distinct (x, t_x, T) summaries brought to the driver at most: beyond, the fit would not be bounded.
+MAX_DISTINCT_SUMMARIES = 2_000_000
+# Repeat buyers the Gamma-Gamma fit uses at most (a uniform sample beyond).
+MAX_GAMMA_GAMMA_BUYERS = 200_000
+# Calibration frequencies shown one by one; the last bucket is this many and more.
+FREQUENCY_BUCKETS = 7
+SERIES_TERMS = 400
+
+
+@dataclass(frozen=True)
+class Backtest:
+    """A fit on the calibration period and its forecast of the holdout period."""
+
+    calibration_end: date
+    holdout_end: date
+    time_unit: str
+    customers: int
+    bgnbd: Fit
+    gamma_gamma: Fit | None
+    predicted: float
+    actual: int
+    by_frequency: list[dict[str, Any]]
+
+    def as_json(self) -> dict[str, Any]:
+        """The result as the documented JSON object."""
+        return {
+            "bgnbd": {**self.bgnbd.params, "log_likelihood": self.bgnbd.log_likelihood},
+            "gamma_gamma": self.gamma_gamma.params if self.gamma_gamma else None,
+            "customers": self.customers,
+            "holdout": {"predicted": self.predicted, "actual": self.actual},
+        }
+
+    def report(self) -> list[str]:
+        """Lines for the console: parameters, totals, and the table by calibration frequency."""
+        b = self.bgnbd
+        lines = [
+            f"calibration to {self.calibration_end}, holdout to {self.holdout_end}, in {self.time_unit}s; "
+            f"{self.customers:,} customers",
+            "BG/NBD: "
+            + ", ".join(f"{k} {v:.4g} (se {b.std_errors[k]:.2g})" for k, v in b.params.items())
+            + f"; log-likelihood {b.log_likelihood:,.1f}"
+            + ("" if b.converged else f" (NOT converged: {b.message})"),
+        ]
+        if self.gamma_gamma:
+            g = self.gamma_gamma
+            lines.append(
+                "Gamma-Gamma: " + ", ".join(f"{k} {v:.4g} (se {g.std_errors[k]:.2g})" for k, v in g.params.items())
+            )
+        lines.append(f"repeat purchases in the holdout: predicted {self.predicted:,.1f}, actual {self.actual:,}")
+        lines.append(f"{'calibration purchases':>22} {'customers':>10} {'predicted':>10} {'actual':>10}")
+        for row in self.by_frequency:
+            means = f"{row['predicted_mean']:>10.3f} {row['actual_mean']:>10.3f}"
+            lines.append(f"{row['frequency']:>22} {row['customers']:>10,} {means}")
+        return lines
+
+
+def clv_backtest(
+    spark: SparkSession, settings: Settings, calibration_end: date, holdout_end: date, time_unit: str
+) -> Backtest:
+    """Fit on the calibration period of the configured source and forecast the holdout period.
+
+    Raises:
+        ConfigError: The periods are in the wrong order or the time unit is unknown.
+        ClvFitError: Too little data for the models (no repeat purchase, too many distinct summaries).
+    """
+    if time_unit not in TIME_UNIT_DAYS:
+        raise ConfigError(f"--time-unit must be one of {', '.join(TIME_UNIT_DAYS)}, not {time_unit!r}")
+    if holdout_end <= calibration_end:
+        raise ConfigError(f"--holdout-end ({holdout_end}) must be after --calibration-end ({calibration_end})")
+    cleaned = _cleaned(spark, settings)
+    try:
+        purchases = cleaned.clean.filter(~F.col("is_return") & F.col("customer_id").isNotNull())
+        unit = TIME_UNIT_DAYS[time_unit]
+        summaries = purchases.select("customer_id", "ts", "amount").transform(
+            repeat_summaries(calibration_end, unit, holdout_end)
+        )
+        summaries = summaries.cache()
+        try:
+            return _backtest(summaries, calibration_end, holdout_end, time_unit)
+        finally:
+            summaries.unpersist()
+    finally:
+        cleaned.release()
+
+
+def _cleaned(spark: SparkSession, settings: Settings) -> quality.IngestResult:
+    source = settings.sources.transactions
+    if synth.is_demo(settings):
+        source = synth.ensure_demo_log(spark, settings.demo, utc_now().date())
+    key = pseudonym_key(settings.privacy) if settings.privacy.pseudonymise_customer_id else None
+    raw = io.read_source(spark, source, "transactions")
+    return quality.ingest(raw, source, settings.quality, "clv-backtest", "transactions", key)
+
+
+def _backtest(summaries: DataFrame, calibration_end: date, holdout_end: date, time_unit: str) -> Backtest:
+    distinct = summaries.groupBy("x", "t_x", "age").count()
+    rows = distinct.limit(MAX_DISTINCT_SUMMARIES + 1).collect()
+    if len(rows) > MAX_DISTINCT_SUMMARIES:
+        raise ClvFitError(
+            f"more than {MAX_DISTINCT_SUMMARIES:,} distinct (frequency, recency, age) summaries: use --time-unit week"
+        )
+    columns = np.array([[r["x"], r["t_x"], r["age"], r["count"]] for r in rows], dtype=float).reshape(-1, 4)
+    bgnbd = fit_bgnbd(Summaries(columns[:, 0], columns[:, 1], columns[:, 2], columns[:, 3]))
+    gamma_gamma = _fit_gamma_gamma(summaries)
+    horizon = (holdout_end - calibration_end).days / TIME_UNIT_DAYS[time_unit]
+    forecast = summaries.select(
+        F.least("x", F.lit(FREQUENCY_BUCKETS)).alias("bucket"),
+        expected_purchases(bgnbd.params, horizon, SERIES_TERMS).alias("expected"),
+        "x_holdout",
+    )
+    unconverged = forecast.filter(F.abs(F.col("expected.last_term")) > 1e-9).limit(1).count()
+    if unconverged:
+        raise ClvFitError(f"the expected-purchases series did not converge in {SERIES_TERMS} terms for some customers")
+    table = (
+        forecast.groupBy("bucket")
+        .agg(
+            F.count(F.lit(1)).alias("customers"),
+            F.sum("expected.value").alias("predicted"),
+            F.sum("x_holdout").alias("actual"),
+        )
+        .orderBy("bucket")
+        .collect()
+    )
+    by_frequency = [
+        {
+            "frequency": f"{r['bucket']}+" if r["bucket"] == FREQUENCY_BUCKETS else str(r["bucket"]),
+            "customers": int(r["customers"]),
+            "predicted_mean": float(r["predicted"]) / int(r["customers"]),
+            "actual_mean": int(r["actual"]) / int(r["customers"]),
+        }
+        for r in table
+    ]
+    return Backtest(
+        calibration_end=calibration_end,
+        holdout_end=holdout_end,
+        time_unit=time_unit,
+        customers=sum(int(r["customers"]) for r in table),
+        bgnbd=bgnbd,
+        gamma_gamma=gamma_gamma,
+        predicted=float(sum(r["predicted"] for r in table)),
+        actual=int(sum(r["actual"] for r in table)),
+        by_frequency=by_frequency,
+    )
+
+
+def _fit_gamma_gamma(summaries: DataFrame) -> Fit | None:
+    """Gamma-Gamma on (a uniform sample of at most MAX_GAMMA_GAMMA_BUYERS) repeat buyers; None if too few."""
+    buyers = summaries.filter((F.col("x") > 0) & (F.col("m_x") > 0)).select("x", "m_x")
+    count = buyers.count()
+    if count > MAX_GAMMA_GAMMA_BUYERS:
+        buyers = buyers.sample(fraction=MAX_GAMMA_GAMMA_BUYERS / count, seed=42)
+    rows = buyers.collect()
+    try:
+        return fit_gamma_gamma([r["x"] for r in rows], [r["m_x"] for r in rows])
+    except ClvFitError as exc:
+        log.warning("Gamma-Gamma not fitted: %s", exc)
+        return None
