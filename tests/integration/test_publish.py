@@ -248,6 +248,7 @@ def _publish_process(root: Path, run_id: str, as_of: date, log: Path) -> subproc
     overrides = [f"storage.root={root}/warehouse", "tracking.enabled=false", f"features.as_of_date={as_of}"]
     command = [sys.executable, "-m", "seg_spark.cli", "run", "--stage", "publish", "--run-id", run_id]
     command += ["--config", "conf/base.yaml", "--set", "spark.master=local[1]", "--set", "spark.driver_memory=1g"]
+    command += ["--set", "spark.shuffle_partitions=2"]  # as in the test session: these tables are tiny
     command += [arg for item in overrides for arg in ("--set", item)]
     with log.open("w") as sink:
         return subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True, env=SHORT_JVM)
