@@ -45,27 +45,9 @@ class CommitConflictError(SegSparkError):
 
 def _conflicts() -> tuple[type[BaseException], ...]:
     """Delta's commit-conflict exceptions (the optimistic-concurrency ones, all worth a retry)."""
-    from delta.exceptions import (
-        ConcurrentAppendException,
-        ConcurrentDeleteDeleteException,
-        ConcurrentDeleteReadException,
-        ConcurrentTransactionException,
-        ConcurrentWriteException,
-        DeltaConcurrentModificationException,
-        MetadataChangedException,
-        ProtocolChangedException,
-    )
+    import delta.exceptions
 
-    return (
-        ConcurrentAppendException,
-        ConcurrentDeleteDeleteException,
-        ConcurrentDeleteReadException,
-        ConcurrentTransactionException,
-        ConcurrentWriteException,
-        DeltaConcurrentModificationException,
-        MetadataChangedException,
-        ProtocolChangedException,
-    )
+    return tuple(getattr(delta.exceptions, name) for name in delta.exceptions.__all__)
 
 
 class Table(StrEnum):
