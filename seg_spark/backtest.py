@@ -86,6 +86,14 @@ class Backtest:
         return lines
 
 
+def check_periods(calibration_end: date, holdout_end: date, time_unit: str) -> None:
+    """Raise ``ConfigError`` when the periods are in the wrong order or the time unit is unknown."""
+    if time_unit not in TIME_UNIT_DAYS:
+        raise ConfigError(f"--time-unit must be one of {', '.join(TIME_UNIT_DAYS)}, not {time_unit!r}")
+    if holdout_end <= calibration_end:
+        raise ConfigError(f"--holdout-end ({holdout_end}) must be after --calibration-end ({calibration_end})")
+
+
 def clv_backtest(
     spark: SparkSession, settings: Settings, calibration_end: date, holdout_end: date, time_unit: str
 ) -> Backtest:
@@ -95,10 +103,7 @@ def clv_backtest(
         ConfigError: The periods are in the wrong order or the time unit is unknown.
         ClvFitError: Too little data for the models (no repeat purchase, too many distinct summaries).
     """
-    if time_unit not in TIME_UNIT_DAYS:
-        raise ConfigError(f"--time-unit must be one of {', '.join(TIME_UNIT_DAYS)}, not {time_unit!r}")
-    if holdout_end <= calibration_end:
-        raise ConfigError(f"--holdout-end ({holdout_end}) must be after --calibration-end ({calibration_end})")
+    check_periods(calibration_end, holdout_end, time_unit)
     cleaned = _cleaned(spark, settings)
     try:
         purchases = cleaned.clean.filter(~F.col("is_return") & F.col("customer_id").isNotNull())

@@ -221,8 +221,9 @@ def _serve_sql(args: argparse.Namespace) -> int:
 def _clv_backtest(args: argparse.Namespace) -> int:
     import json
 
-    from seg_spark.backtest import clv_backtest
+    from seg_spark.backtest import check_periods, clv_backtest
 
+    check_periods(args.calibration_end, args.holdout_end, args.time_unit)  # before Spark starts
     settings, spark = _checked_session(args)
     result = clv_backtest(spark, settings, args.calibration_end, args.holdout_end, args.time_unit)
     if args.json:
