@@ -33,7 +33,7 @@ from seg_spark.config import Settings
 from seg_spark.errors import ConfigError, SegSparkError
 from seg_spark.preflight import local_folder
 from seg_spark.session import DELTA_SQL_CONF, LOG4J_PROFILE
-from seg_spark.tables import Table, sql_literal
+from seg_spark.tables import Table, registration_statements
 
 log = logging.getLogger(__name__)
 
@@ -117,13 +117,8 @@ def existing_tables(settings: Settings) -> dict[str, str]:
 
 
 def registration_sql(database: str, tables: dict[str, str]) -> str:
-    """The statements that register the tables (idempotent)."""
-    statements = [f"CREATE DATABASE IF NOT EXISTS `{database}`"]
-    statements += [
-        f"CREATE TABLE IF NOT EXISTS `{database}`.`{name}` USING DELTA LOCATION {sql_literal(location)}"
-        for name, location in tables.items()
-    ]
-    return ";\n".join(statements) + ";\n"
+    """The statements that register the tables (idempotent), as one beeline script."""
+    return ";\n".join(registration_statements(database, tables)) + ";\n"
 
 
 def server_command(settings: Settings, endpoint: Endpoint, scratch: Path, delta_jars: list[str]) -> list[str]:

@@ -154,6 +154,17 @@ def where_in(column: str, values: Iterable[Literal]) -> Predicate:
     return Predicate(member=((column, tuple(values)),))
 
 
+def registration_statements(database: str, locations: Mapping[str, str]) -> list[str]:
+    """SQL that registers Delta tables where they lie (name -> location) in a catalog database; idempotent."""
+    return [
+        f"CREATE DATABASE IF NOT EXISTS `{database}`",
+        *(
+            f"CREATE TABLE IF NOT EXISTS `{database}`.`{name}` USING DELTA LOCATION {sql_literal(location)}"
+            for name, location in locations.items()
+        ),
+    ]
+
+
 class TableStore:
     """Reads and writes seg-spark's Delta tables under ``storage.root``.
 
@@ -478,13 +489,7 @@ class TableStore:
         database = self._settings.storage.database
         if not database:
             return []
-        self.spark.sql(f"CREATE DATABASE IF NOT EXISTS `{database}`")
-        registered = []
-        for table in tables:
-            if not self.exists(table):
-                continue
-            qualified = f"`{database}`.`{self.name(table)}`"
-            location = sql_literal(self.path(table))
-            self.spark.sql(f"CREATE TABLE IF NOT EXISTS {qualified} USING DELTA LOCATION {location}")
-            registered.append(f"{database}.{self.name(table)}")
-        return registered
+        existing = {self.name(t): self.path(t) for t in tables if self.exists(t)}
+        for statement in registration_statements(database, existing):
+            self.spark.sql(statement)
+        return [f"{database}.{name}" for name in existing]

@@ -22,9 +22,9 @@ from seg_spark.config import load_config
 from seg_spark.context import RunContext
 from seg_spark.errors import StageInputError
 from seg_spark.pipeline import run_pipeline
-from seg_spark.serve import Endpoint, _listening, beeline, existing_tables, registration_sql
+from seg_spark.serve import Endpoint, _listening, beeline, existing_tables
 from seg_spark.stages.publish.schema import CONSUMER_TABLES
-from seg_spark.tables import Table, where
+from seg_spark.tables import Table, registration_statements, where
 
 from killing import stage_began, versions, wait_until
 
@@ -369,7 +369,7 @@ def test_the_documented_queries_answer_through_the_thrift_server_as_in_spark(spa
     assert not _listening(endpoint)
 
     settings = load_config([], [f"storage.root={root}/warehouse"])
-    for statement in registration_sql("seg_spark", existing_tables(settings)).split(";")[:-1]:
+    for statement in registration_statements("seg_spark", existing_tables(settings)):
         spark.sql(statement)
     assert len(answers) == len(queries) == 5
     for query, answer in zip(queries, answers, strict=True):
