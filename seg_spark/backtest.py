@@ -19,13 +19,12 @@ import numpy as np
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from seg_spark import io, quality, synth
 from seg_spark.clock import utc_now
 from seg_spark.config import Settings
 from seg_spark.errors import ConfigError
 from seg_spark.features.repeat import repeat_summaries
 from seg_spark.models.clv import ClvFitError, Fit, Summaries, expected_purchases, fit_bgnbd, fit_gamma_gamma
-from seg_spark.privacy import pseudonym_key
+from seg_spark.stages.ingest.stage import clean_transactions
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +103,7 @@ def clv_backtest(
         ClvFitError: Too little data for the models (no repeat purchase, too many distinct summaries).
     """
     check_periods(calibration_end, holdout_end, time_unit)
-    cleaned = _cleaned(spark, settings)
+    _, cleaned = clean_transactions(spark, settings, utc_now().date(), "clv-backtest")
     try:
         purchases = cleaned.clean.filter(~F.col("is_return") & F.col("customer_id").isNotNull())
         unit = TIME_UNIT_DAYS[time_unit]
@@ -118,15 +117,6 @@ def clv_backtest(
             summaries.unpersist()
     finally:
         cleaned.release()
-
-
-def _cleaned(spark: SparkSession, settings: Settings) -> quality.IngestResult:
-    source = settings.sources.transactions
-    if synth.is_demo(settings):
-        source = synth.ensure_demo_log(spark, settings.demo, utc_now().date())
-    key = pseudonym_key(settings.privacy) if settings.privacy.pseudonymise_customer_id else None
-    raw = io.read_source(spark, source, "transactions")
-    return quality.ingest(raw, source, settings.quality, "clv-backtest", "transactions", key)
 
 
 def _backtest(summaries: DataFrame, calibration_end: date, holdout_end: date, time_unit: str) -> Backtest:

@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 from datetime import date
 from functools import partial
 
-from pyspark.sql import DataFrame
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from seg_spark import io, quality, synth
-from seg_spark.config import EventSourceSettings, ModelSettings, ProfileSourceSettings
+from seg_spark.config import EventSourceSettings, ModelSettings, ProfileSourceSettings, Settings, SourceSettings
 from seg_spark.context import RunContext
 from seg_spark.errors import DataError
 from seg_spark.features.store import TX_DATE, TX_MONTH, with_tx_date
@@ -69,12 +69,8 @@ def run(ctx: RunContext) -> IngestStageResult:
         TooFewCustomersError: The clean lines hold fewer customers than the segmentation needs.
     """
     settings = ctx.settings
-    source = settings.sources.transactions
-    if synth.is_demo(settings):
-        source = synth.ensure_demo_log(ctx.spark, settings.demo, ctx.clock.today())
-    key = pseudonym_key(settings.privacy) if settings.privacy.pseudonymise_customer_id else None
-    raw = io.read_source(ctx.spark, source, "transactions")
-    transactions = quality.ingest(raw, source, settings.quality, ctx.run_id, "transactions", key)
+    source, transactions = clean_transactions(ctx.spark, settings, ctx.clock.today(), ctx.run_id)
+    key = _pseudonym_key(settings)
     results: list[tuple[quality.IngestResult, Table, Callable[[DataFrame], None]]] = [
         (transactions, Table.TRANSACTIONS_CLEAN, partial(_write_transactions, ctx, mode=source.mode))
     ]
@@ -109,6 +105,31 @@ def run(ctx: RunContext) -> IngestStageResult:
         counts=counts,
         side_counts={result.source: result.counts for result, _, _ in results[1:]},
     )
+
+
+def clean_transactions(
+    spark: SparkSession, settings: Settings, today: date, run_id: str
+) -> tuple[SourceSettings, quality.IngestResult]:
+    """Read the transaction log and clean it by the ingest rules (nothing is written).
+
+    Args:
+        spark: The session.
+        settings: The configuration (source, cleaning rules, pseudonymisation).
+        today: The current date, which ends the demo log when no source is configured.
+        run_id: Lineage id stamped on the rows.
+
+    Returns:
+        The source read (the generated demo log when none is configured) and the cleaned lines.
+    """
+    source = settings.sources.transactions
+    if synth.is_demo(settings):
+        source = synth.ensure_demo_log(spark, settings.demo, today)
+    raw = io.read_source(spark, source, "transactions")
+    return source, quality.ingest(raw, source, settings.quality, run_id, "transactions", _pseudonym_key(settings))
+
+
+def _pseudonym_key(settings: Settings) -> bytes | None:
+    return pseudonym_key(settings.privacy) if settings.privacy.pseudonymise_customer_id else None
 
 
 class TooFewCustomersError(DataError):
