@@ -5,13 +5,11 @@ Data: tests/data/cdnow (from the lifetimes wheel, MIT; see its README)."""
 from __future__ import annotations
 
 from datetime import date
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 from pyspark.sql import functions as F
-from scipy.special import hyp2f1
 
 from seg_spark.features.repeat import repeat_summaries
 from seg_spark.models.clv import (
@@ -25,7 +23,7 @@ from seg_spark.models.clv import (
     p_alive,
 )
 
-CDNOW = Path(__file__).resolve().parents[1] / "data" / "cdnow"
+from clv_reference import CDNOW, expected_purchases_and_p_alive
 
 
 @pytest.fixture(scope="module")
@@ -124,15 +122,6 @@ def test_repeat_summaries_built_in_spark_equal_the_published_cdnow_summaries(spa
     assert int(built["x"].sum() + len(built) + built["x_holdout"].sum()) == days.count()
 
 
-def _reference_expected_purchases(params: dict[str, float], t: float, x, t_x, age):
-    """Fader, Hardie and Lee (2005), eq. 10, with SciPy's hypergeometric function."""
-    r, alpha, a, b = (params[n] for n in ("r", "alpha", "a", "b"))
-    hyp = hyp2f1(r + x, b + x, a + b + x - 1, t / (alpha + age + t))
-    bracket = 1 - ((alpha + age) / (alpha + age + t)) ** (r + x) * hyp
-    odds = np.where(x > 0, a / (b + np.maximum(x, 1) - 1) * ((alpha + age) / (alpha + t_x)) ** (r + x), 0.0)
-    return (a + b + x - 1) / (a - 1) * bracket / (1 + odds), 1 / (1 + odds)
-
-
 def test_scoring_in_spark_equals_the_reference_with_scipy_and_runs_no_python(spark, summary):
     params = {"r": 0.243, "alpha": 4.414, "a": 0.793, "b": 2.426}
     gamma_gamma = {"p": 6.25, "q": 3.74, "v": 15.44}
@@ -152,7 +141,7 @@ def test_scoring_in_spark_equals_the_reference_with_scipy_and_runs_no_python(spa
     plan = scored._jdf.queryExecution().executedPlan().toString()
     assert "Python" not in plan and "Arrow" not in plan
     got = scored.select("x", "t_x", "age", "p_alive", "purchases.*", "order_value").toPandas()
-    purchases, alive = _reference_expected_purchases(params, 39.0, got["x"], got["t_x"], got["age"])
+    purchases, alive = expected_purchases_and_p_alive(params, 39.0, got["x"], got["t_x"], got["age"])
     assert np.allclose(got["value"], purchases, rtol=1e-9) and np.allclose(got["p_alive"], alive, rtol=1e-12)
     assert got["last_term"].abs().max() < 1e-12  # the series converged
     # The paper's example customer: 2 repeat purchases, the last at 30.43 weeks, observed for 38.86.
