@@ -26,7 +26,8 @@ setup(
         "numpy>=1.24",
         "pandas>=1.5,<3",  # PySpark warns on pandas 3
         "pyarrow>=11",
-        "scipy>=1.10",  # the publish stage's optimal matching of segments
+        "scipy>=1.10",  # the publish stage's optimal matching of segments, the CLV fits
+        "matplotlib>=3.7",  # plots logged to MLflow (drawn from small summaries)
     ],
     extras_require={
         # Spark, Delta Lake and MLflow for a laptop or a spark-submit driver; a Databricks
@@ -53,6 +54,7 @@ setup(
             "seg-spark-ingest=seg_spark.cli:ingest",
             "seg-spark-features=seg_spark.cli:features",
             "seg-spark-segment=seg_spark.cli:segment",
+            "seg-spark-predict=seg_spark.cli:predict",
             "seg-spark-publish=seg_spark.cli:publish",
         ]
     },

@@ -15,27 +15,23 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
-import numpy as np
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from seg_spark.clock import utc_now
-from seg_spark.config import Settings
+from seg_spark.config import ClvSettings, Settings
 from seg_spark.errors import ConfigError
 from seg_spark.features.repeat import repeat_summaries
-from seg_spark.models.clv import ClvFitError, Fit, Summaries, expected_purchases, fit_bgnbd, fit_gamma_gamma
+from seg_spark.models.clv import ClvFitError, Fit, expected_purchases, fit_bgnbd_on, fit_gamma_gamma_on
+from seg_spark.plots import calibration_vs_holdout
 from seg_spark.stages.ingest.stage import clean_transactions
+from seg_spark.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
 TIME_UNIT_DAYS = {"day": 1, "week": 7}
-# Distinct (x, t_x, T) summaries brought to the driver at most: beyond, the fit would not be bounded.
-MAX_DISTINCT_SUMMARIES = 2_000_000
-# Repeat buyers the Gamma-Gamma fit uses at most (a uniform sample beyond).
-MAX_GAMMA_GAMMA_BUYERS = 200_000
 # Calibration frequencies shown one by one; the last bucket is this many and more.
 FREQUENCY_BUCKETS = 7
-SERIES_TERMS = 400
 
 
 @dataclass(frozen=True)
@@ -112,32 +108,36 @@ def clv_backtest(
         )
         summaries = summaries.cache()
         try:
-            return _backtest(summaries, calibration_end, holdout_end, time_unit)
+            return _backtest(summaries, calibration_end, holdout_end, time_unit, settings.predict.clv)
         finally:
             summaries.unpersist()
     finally:
         cleaned.release()
 
 
-def _backtest(summaries: DataFrame, calibration_end: date, holdout_end: date, time_unit: str) -> Backtest:
-    distinct = summaries.groupBy("x", "t_x", "age").count()
-    rows = distinct.limit(MAX_DISTINCT_SUMMARIES + 1).collect()
-    if len(rows) > MAX_DISTINCT_SUMMARIES:
-        raise ClvFitError(
-            f"more than {MAX_DISTINCT_SUMMARIES:,} distinct (frequency, recency, age) summaries: use --time-unit week"
+def _backtest(
+    summaries: DataFrame, calibration_end: date, holdout_end: date, time_unit: str, clv: ClvSettings
+) -> Backtest:
+    bgnbd = fit_bgnbd_on(summaries, clv.max_distinct_summaries, clv.penalizer)
+    try:
+        gamma_gamma: Fit | None = fit_gamma_gamma_on(
+            summaries, clv.max_gamma_gamma_buyers, clv.min_gamma_gamma_buyers, clv.penalizer
         )
-    columns = np.array([[r["x"], r["t_x"], r["age"], r["count"]] for r in rows], dtype=float).reshape(-1, 4)
-    bgnbd = fit_bgnbd(Summaries(columns[:, 0], columns[:, 1], columns[:, 2], columns[:, 3]))
-    gamma_gamma = _fit_gamma_gamma(summaries)
+    except ClvFitError as exc:
+        log.warning("Gamma-Gamma not fitted: %s", exc)
+        gamma_gamma = None
     horizon = (holdout_end - calibration_end).days / TIME_UNIT_DAYS[time_unit]
     forecast = summaries.select(
         F.least("x", F.lit(FREQUENCY_BUCKETS)).alias("bucket"),
-        expected_purchases(bgnbd.params, horizon, SERIES_TERMS).alias("expected"),
+        expected_purchases(bgnbd.params, horizon, clv.series_terms).alias("expected"),
         "x_holdout",
     )
     unconverged = forecast.filter(F.abs(F.col("expected.last_term")) > 1e-9).limit(1).count()
     if unconverged:
-        raise ClvFitError(f"the expected-purchases series did not converge in {SERIES_TERMS} terms for some customers")
+        raise ClvFitError(
+            f"the expected-purchases series did not converge in {clv.series_terms} terms for some customers: "
+            "raise predict.clv.series_terms"
+        )
     table = (
         forecast.groupBy("bucket")
         .agg(
@@ -170,15 +170,25 @@ def _backtest(summaries: DataFrame, calibration_end: date, holdout_end: date, ti
     )
 
 
-def _fit_gamma_gamma(summaries: DataFrame) -> Fit | None:
-    """Gamma-Gamma on (a uniform sample of at most MAX_GAMMA_GAMMA_BUYERS) repeat buyers; None if too few."""
-    buyers = summaries.filter((F.col("x") > 0) & (F.col("m_x") > 0)).select("x", "m_x")
-    count = buyers.count()
-    if count > MAX_GAMMA_GAMMA_BUYERS:
-        buyers = buyers.sample(fraction=MAX_GAMMA_GAMMA_BUYERS / count, seed=42)
-    rows = buyers.collect()
-    try:
-        return fit_gamma_gamma([r["x"] for r in rows], [r["m_x"] for r in rows])
-    except ClvFitError as exc:
-        log.warning("Gamma-Gamma not fitted: %s", exc)
-        return None
+BACKTEST_PLOT = "calibration_vs_holdout.png"
+
+
+def log_backtest(tracker: Tracker, result: Backtest) -> str | None:
+    """Record a backtest as an MLflow run: periods, fitted parameters, totals, the table and its plot.
+
+    Returns:
+        The MLflow run id (None when tracking is off).
+    """
+    tags = {"seg_spark.command": "clv-backtest"}
+    with tracker.run(f"clv-backtest-{result.calibration_end}-{result.holdout_end}", tags) as run_id:
+        metrics = {f"bgnbd_{k}": v for k, v in result.bgnbd.params.items()}
+        metrics["bgnbd_log_likelihood"] = result.bgnbd.log_likelihood
+        if result.gamma_gamma is not None:
+            metrics.update({f"gamma_gamma_{k}": v for k, v in result.gamma_gamma.params.items()})
+        metrics.update(
+            {"customers": result.customers, "holdout_predicted": result.predicted, "holdout_actual": result.actual}
+        )
+        tracker.log_metrics(metrics)
+        tracker.log_summary({**result.as_json(), "by_frequency": result.by_frequency}, "backtest.json")
+        tracker.log_figure(calibration_vs_holdout(result.by_frequency, result.time_unit), BACKTEST_PLOT)
+    return run_id

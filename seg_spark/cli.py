@@ -221,17 +221,22 @@ def _serve_sql(args: argparse.Namespace) -> int:
 def _clv_backtest(args: argparse.Namespace) -> int:
     import json
 
-    from seg_spark.backtest import check_periods, clv_backtest
+    from seg_spark.backtest import BACKTEST_PLOT, check_periods, clv_backtest, log_backtest
+    from seg_spark.tracking import Tracker
 
     check_periods(args.calibration_end, args.holdout_end, args.time_unit)  # before Spark starts
     settings, spark = _checked_session(args)
     result = clv_backtest(spark, settings, args.calibration_end, args.holdout_end, args.time_unit)
+    tracker = Tracker(settings)
+    mlflow_run_id = log_backtest(tracker, result)
     if args.json:
         print(json.dumps(result.as_json()))
     else:
         print("seg-spark clv-backtest")
         for line in result.report():
             print(f"  {line}")
+        if mlflow_run_id:
+            print(f"  MLflow: run {mlflow_run_id} in {tracker.tracking_uri()} (table and {BACKTEST_PLOT})")
     return EXIT_OK
 
 
@@ -298,6 +303,11 @@ def features() -> int:
 def segment() -> int:
     """Console entry point ``seg-spark-segment``."""
     return run_stage_main("segment")
+
+
+def predict() -> int:
+    """Console entry point ``seg-spark-predict``."""
+    return run_stage_main("predict")
 
 
 def publish() -> int:

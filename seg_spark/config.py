@@ -119,6 +119,10 @@ class TableNames(_Strict):
     segments_current: str = "segments_current"
     pipeline_runs: str = "pipeline_runs"
     forget_log: str = "forget_log"
+    customer_scores: str = "customer_scores"
+    segment_scores: str = "segment_scores"
+    clv_parameters: str = "clv_parameters"
+    churn_evaluation: str = "churn_evaluation"
 
 
 class TrackingSettings(_Strict):
@@ -573,6 +577,74 @@ class RunSettings(_Strict):
     )
 
 
+class ClvSettings(_Strict):
+    """Customer lifetime value: BG/NBD for repeat purchases, Gamma-Gamma for their value (predict stage)."""
+
+    enabled: bool = True
+    time_unit: Literal["day", "week"] = Field(
+        default="week", description="Unit of the repeat-purchase summaries; purchases count on distinct days."
+    )
+    horizon_months: int = Field(
+        default=12, ge=1, le=120, description="Expected purchases and CLV over this many months (of 365.25/12 days)."
+    )
+    monthly_discount_rate: float = Field(
+        default=0.01, ge=0, lt=1, description="CLV discounts month m's expected value by (1 + rate)^m."
+    )
+    penalizer: float = Field(default=0.0, ge=0, description="L2 penalty on the parameters of both fits (off: 0).")
+    series_terms: int = Field(
+        default=400, ge=10, description="Terms of the hypergeometric series in expected purchases (checked)."
+    )
+    max_distinct_summaries: int = Field(
+        default=2_000_000, ge=1, description="Distinct (x, t_x, T) triples brought to the driver for the fit at most."
+    )
+    max_gamma_gamma_buyers: int = Field(
+        default=200_000, ge=10, description="Repeat buyers the Gamma-Gamma fit uses at most (a uniform sample beyond)."
+    )
+    min_gamma_gamma_buyers: int = Field(
+        default=10,
+        ge=2,
+        description="Below this many repeat buyers with a positive value, Gamma-Gamma is not fitted and each "
+        "customer's expected order value is their own mean purchase-day value (a warning says so).",
+    )
+
+
+ChurnModel = Literal["logistic_regression", "gbt"]
+
+
+class ChurnSettings(_Strict):
+    """Churn propensity: a classifier of 'no purchase in the next horizon_days', trained out of time."""
+
+    enabled: bool = True
+    horizon_days: int = Field(default=90, ge=1, description="A customer churned when no purchase follows within it.")
+    training_dates: int = Field(
+        default=2,
+        ge=1,
+        description="Earlier as-of dates the training rows come from: as-of - 2 x horizon_days, then every "
+        "training_step_days before it; the evaluation date is as-of - horizon_days.",
+    )
+    training_step_days: int = Field(default=30, ge=1)
+    min_history_days: int = Field(
+        default=30, ge=1, description="The earliest training date must be at least this long after the first day."
+    )
+    models: tuple[ChurnModel, ...] = Field(
+        default=("logistic_regression", "gbt"),
+        min_length=1,
+        description="Candidates, chosen by area under the precision-recall curve on the evaluation date.",
+    )
+    max_training_rows: int = Field(default=500_000, ge=100, description="A uniform sample of the rows beyond.")
+    lr_reg_param: float = Field(default=0.01, ge=0)
+    gbt_max_iter: int = Field(default=30, ge=1)
+    gbt_max_depth: int = Field(default=4, ge=1, le=30)
+    seed: int = 42
+
+
+class PredictSettings(_Strict):
+    """The predict stage: CLV and churn propensity per customer, summarised per segment."""
+
+    clv: ClvSettings = Field(default_factory=ClvSettings)
+    churn: ChurnSettings = Field(default_factory=ChurnSettings)
+
+
 class PublishSettings(_Strict):
     """The consumer tables (publish stage)."""
 
@@ -610,6 +682,7 @@ class Settings(_Strict):
     privacy: PrivacySettings = Field(default_factory=PrivacySettings)
     features: FeatureSettings = Field(default_factory=FeatureSettings)
     model: ModelSettings = Field(default_factory=ModelSettings)
+    predict: PredictSettings = Field(default_factory=PredictSettings)
     publish: PublishSettings = Field(default_factory=PublishSettings)
     forget: ForgetSettings = Field(default_factory=ForgetSettings)
     run: RunSettings = Field(default_factory=RunSettings)

@@ -127,7 +127,7 @@ def _roll_back(ctx: RunContext, attempt_id: str) -> str:
     outcome = rollback_attempt(ctx.store, attempt_id, tables).summary()
     versions = ctx.tracker.delete_model_versions(attempt_id)
     if versions:
-        outcome += f"; registered version(s) {', '.join(versions)} of {ctx.settings.model.name} deleted"
+        outcome += f"; registered {', '.join(versions)} deleted"
     return outcome
 
 

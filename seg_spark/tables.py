@@ -73,6 +73,10 @@ class Table(StrEnum):
     SEGMENTS_CURRENT = "segments_current"
     PIPELINE_RUNS = "pipeline_runs"
     FORGET_LOG = "forget_log"
+    CUSTOMER_SCORES = "customer_scores"
+    SEGMENT_SCORES = "segment_scores"
+    CLV_PARAMETERS = "clv_parameters"
+    CHURN_EVALUATION = "churn_evaluation"
 
 
 # Each optional side source (its key under ``sources``) and the table its clean rows go to.

@@ -68,6 +68,16 @@ def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     return flat
 
 
+def churn_model_name(settings: Settings) -> str:
+    """The registered name of the churn model: the segmentation model's name with ``-churn``."""
+    return f"{settings.model.name}-churn"
+
+
+def registered_names(settings: Settings) -> tuple[str, ...]:
+    """Every model name seg-spark registers: the segmentation model's and the churn model's."""
+    return (settings.model.name, churn_model_name(settings))
+
+
 def _finite(value: float) -> bool:
     return value == value and abs(value) != float("inf")
 
@@ -135,6 +145,12 @@ class Tracker:
             if tags:
                 mlflow.set_tags(dict(tags))
 
+    @staticmethod
+    def log_figure(figure: Any, artifact: str) -> None:
+        """Attach a matplotlib figure as a PNG artifact to the active run, if any."""
+        if mlflow.active_run() is not None:
+            mlflow.log_figure(figure, artifact)
+
     @contextmanager
     def child(self, run_name: str, params: Mapping[str, Any]) -> Iterator[None]:
         """A nested run of the active run (e.g. one model-selection candidate); nothing when none is active."""
@@ -146,9 +162,9 @@ class Tracker:
             yield
 
     def log_spark_model(
-        self, model: Any, registered_name: str | None, attempt_id: str
+        self, model: Any, registered_name: str | None, attempt_id: str, artifact_path: str = "model"
     ) -> tuple[str | None, str | None]:
-        """Log a fitted Spark ML PipelineModel to the active run, registering it by name.
+        """Log a fitted Spark ML PipelineModel to the active run (under ``artifact_path``), registering it by name.
 
         The registry version is tagged with ``attempt_id`` as it is created, so rolling the
         attempt back can delete it (``delete_model_versions``).
@@ -164,7 +180,7 @@ class Tracker:
 
         info = mlflow_spark.log_model(
             model,
-            "model",
+            artifact_path,
             # Explicit requirements: inference would load the model again in a subprocess.
             pip_requirements=[f"pyspark=={pyspark.__version__}", f"mlflow=={mlflow.__version__}"],
         )
@@ -174,15 +190,21 @@ class Tracker:
         return info.model_uri, str(version.version)
 
     def delete_model_versions(self, attempt_id: str) -> list[str]:
-        """Delete the registry versions of ``model.name`` that attempt ``attempt_id`` registered."""
+        """Delete the registry versions (of every model seg-spark registers) that attempt ``attempt_id`` registered.
+
+        Returns:
+            What was deleted, as ``name version N``.
+        """
         if not self.enabled or not self._settings.tracking.register_model:
             return []
         configure(self._settings.tracking)
         client = MlflowClient()
-        name = self._settings.model.name
-        escaped = name.replace("'", "\\'")
-        found = client.search_model_versions(f"name = '{escaped}'")
-        deleted = sorted((v.version for v in found if v.tags.get(ATTEMPT_TAG) == attempt_id), key=int)
-        for version in deleted:
-            client.delete_model_version(name, version)
-        return [str(v) for v in deleted]
+        deleted: list[str] = []
+        for name in registered_names(self._settings):
+            escaped = name.replace("'", "\\'")
+            found = client.search_model_versions(f"name = '{escaped}'")
+            versions = sorted((v.version for v in found if v.tags.get(ATTEMPT_TAG) == attempt_id), key=int)
+            for version in versions:
+                client.delete_model_version(name, version)
+                deleted.append(f"{name} version {version}")
+        return deleted

@@ -22,6 +22,8 @@ E2E_RUN = "e2e-run-1"
 # Reruns that test other things fit the model directly (no sweep, no bootstraps).
 # One K-Means start: these tests are about what the run writes, not how good the fit is.
 FAST = ("model.selection.enabled=false", "model.stability.bootstraps=0", "model.kmeans_restarts=1")
+# Runs that test other things than the predict stage leave it out (it is tested on the shared run).
+NO_PREDICT = ("predict.clv.enabled=false", "predict.churn.enabled=false")
 
 
 # Subprocess jobs (spark-submit, the benchmark harness) spend most of their time starting JVMs; they
@@ -104,6 +106,11 @@ def e2e_settings(root: Path, *overrides: str) -> Settings:
             # Six archetypes are planted: a sweep around them (5..7) is a real choice at a third of the cost of 2..10.
             "model.selection.k_min=5",
             "model.selection.k_max=7",
+            # Half a year of history: a 30-day churn horizon leaves a training date 60 days back
+            # and an evaluation date 30 days back; ten boosting rounds separate the lapsing customers.
+            "predict.churn.horizon_days=30",
+            "predict.churn.training_dates=1",
+            "predict.churn.gbt_max_iter=10",
             *overrides,
         ],
     )

@@ -23,6 +23,15 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 
+def purchase_days() -> Callable[[DataFrame], DataFrame]:
+    """Purchase lines (``customer_id``, ``ts``, ``amount``) to purchase days (``customer_id``, ``day``, ``value``)."""
+
+    def transform(lines: DataFrame) -> DataFrame:
+        return lines.groupBy("customer_id", F.to_date("ts").alias("day")).agg(F.sum("amount").alias("value"))
+
+    return transform
+
+
 def repeat_summaries(
     calibration_end: date, time_unit_days: int, holdout_end: date | None = None
 ) -> Callable[[DataFrame], DataFrame]:
@@ -37,10 +46,21 @@ def repeat_summaries(
         ``customer_id, x, t_x, age, m_x`` (and ``x_holdout``), one row per customer with a purchase
         in the calibration period.
     """
+    summarise = summaries_from_days(calibration_end, time_unit_days, holdout_end)
+    return lambda lines: lines.transform(purchase_days()).transform(summarise)
+
+
+def summaries_from_days(
+    calibration_end: date, time_unit_days: int, holdout_end: date | None = None
+) -> Callable[[DataFrame], DataFrame]:
+    """``repeat_summaries`` from purchase days (``customer_id``, ``day``, ``value``: one row per customer and day).
+
+    Besides ``x, t_x, age, m_x`` (and ``x_holdout``), ``mean_value`` is the mean value of all the
+    customer's purchase days in the calibration period, the first one included.
+    """
     end = F.lit(calibration_end)
 
-    def transform(lines: DataFrame) -> DataFrame:
-        days = lines.groupBy("customer_id", F.to_date("ts").alias("day")).agg(F.sum("amount").alias("value"))
+    def transform(days: DataFrame) -> DataFrame:
         calibration = days.filter(F.col("day") <= end)
         summary = calibration.groupBy("customer_id").agg(
             (F.count(F.lit(1)) - 1).alias("x"),
@@ -56,6 +76,7 @@ def repeat_summaries(
             (F.datediff("last_day", "first_day") / unit).alias("t_x"),
             (F.datediff(end, "first_day") / unit).alias("age"),
             F.when(F.col("x") > 0, (F.col("total") - F.col("first_value")) / F.col("x")).cast("double").alias("m_x"),
+            (F.col("total") / (F.col("x") + 1)).cast("double").alias("mean_value"),
         )
         if holdout_end is None:
             return summary

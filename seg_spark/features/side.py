@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import date
 
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from seg_spark.config import SourcesSettings
 from seg_spark.features.rfm import before
+from seg_spark.tables import SIDE_TABLES, TableStore
 
 PROFILE_COLUMNS = ("age_band", "gender", "country", "region", "city")
 
@@ -46,3 +49,23 @@ def with_events(features: DataFrame, events: DataFrame, as_of: date) -> DataFram
     )
     joined = features.join(activity, "customer_id", "left")
     return joined.fillna(0.0, subset=["web_events", "web_sessions"])
+
+
+def side_tables(store: TableStore, sources: SourcesSettings) -> dict[str, DataFrame]:
+    """The clean side tables of the configured side sources, by their ``sources`` key.
+
+    Raises:
+        StageInputError: A configured side source has no clean table yet (run the ingest stage).
+    """
+    return {
+        name: store.require(table, "ingest")
+        for name, table in SIDE_TABLES.items()
+        if getattr(sources, name) is not None
+    }
+
+
+def with_side_features(features: DataFrame, side_tables: Mapping[str, DataFrame], as_of: date) -> DataFrame:
+    """Add the features of every configured side table (by its ``sources`` key: profiles, events) as of ``as_of``."""
+    for name, table in side_tables.items():
+        features = (with_profiles if name == "profiles" else with_events)(features, table, as_of)
+    return features

@@ -18,7 +18,7 @@ from seg_spark.errors import ConfigError
 if TYPE_CHECKING:
     from seg_spark.tables import Table
 
-STAGE_NAMES: tuple[str, ...] = ("ingest", "features", "segment", "publish")
+STAGE_NAMES: tuple[str, ...] = ("ingest", "features", "segment", "predict", "publish")
 
 
 @dataclass(frozen=True, kw_only=True)

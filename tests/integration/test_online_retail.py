@@ -61,6 +61,8 @@ def result(spark, tmp_path_factory):
             "features.product_groups.enabled=never",
             # MLflow logging is tested on the demo runs; the real log is about the data.
             "tracking.enabled=false",
+            # CLV on the real log; churn is tested on the demo (its figures on this log: README).
+            "predict.churn.enabled=false",
         ],
     )
     return run_pipeline(spark, settings)
@@ -103,3 +105,19 @@ def test_features_and_segments_for_the_real_customers(spark, result):
     segments = spark.read.format("delta").load(result.tables["customer_segments"])
     assert segment.k == 4 and segments.select("segment_id").distinct().count() == segment.k
     assert segments.count() == int(segment.metrics["customers_modelled"]) > 4000
+
+
+def test_every_real_customer_with_a_purchase_gets_a_value(spark, result):
+    predict = result.stages["predict"]
+    features = spark.read.format("delta").load(result.tables["customer_features"])
+    assert predict.rows_out == features.filter("frequency > 0").count() > 4000
+    scores = spark.read.format("delta").load(result.tables["customer_scores"])
+    numbers = ["p_alive", "expected_purchases", "expected_order_value", "clv"]
+    assert scores.filter(" OR ".join(f"{c} IS NULL OR isnan({c})" for c in numbers)).isEmpty()
+    assert predict.clv.fallback is None and predict.clv.bgnbd.converged
+    # A year of real history: the customers who bought most are worth most and most likely still active.
+    by_frequency = (
+        scores.join(features, "customer_id").groupBy(F.col("frequency") >= 5).agg(F.avg("clv"), F.avg("p_alive"))
+    )
+    (few, many) = sorted(by_frequency.collect(), key=lambda r: r[0])
+    assert many[1] > 3 * few[1] and many[2] > 3 * few[2]

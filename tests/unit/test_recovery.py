@@ -87,11 +87,14 @@ def test_a_rollback_deletes_the_registry_versions_its_attempt_registered(tmp_pat
     tracker = Tracker(settings)
     configure(settings.tracking)
     client = MlflowClient()
-    client.create_registered_model("m")
+    for name in ("m", "m-churn"):
+        client.create_registered_model(name)
     for attempt in ("kept", "failed", "failed"):
         client.create_model_version("m", f"{tmp_path}/model", tags={ATTEMPT_TAG: attempt})
-    assert tracker.delete_model_versions("failed") == ["2", "3"]
+    client.create_model_version("m-churn", f"{tmp_path}/churn", tags={ATTEMPT_TAG: "failed"})
+    assert tracker.delete_model_versions("failed") == ["m version 2", "m version 3", "m-churn version 1"]
     assert [str(v.version) for v in client.search_model_versions("name = 'm'")] == ["1"]
+    assert client.search_model_versions("name = 'm-churn'") == []
     assert tracker.delete_model_versions("failed") == []
 
 

@@ -20,9 +20,9 @@ from seg_spark.context import RunContext
 from seg_spark.errors import DataError
 from seg_spark.features import products, store
 from seg_spark.features.behaviour import features_from_state, mix_keys, with_rfm_scores
-from seg_spark.features.side import with_events, with_profiles
+from seg_spark.features.side import side_tables, with_side_features
 from seg_spark.stages import StageResult
-from seg_spark.tables import SIDE_TABLES, Table, where
+from seg_spark.tables import Table, where
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -64,10 +64,7 @@ def run(ctx: RunContext) -> FeaturesStageResult:
     as_of = _as_of(ctx)
     state, state_done = store.refresh_state(ctx.store, as_of, config)
     features = features_from_state(state, as_of, config, mix_keys(state, config))
-    for name, table in SIDE_TABLES.items():
-        if getattr(ctx.settings.sources, name) is not None:
-            side = ctx.store.require(table, "ingest")
-            features = (with_profiles if name == "profiles" else with_events)(features, side, as_of)
+    features = with_side_features(features, side_tables(ctx.store, ctx.settings.sources), as_of)
     features = features.persist(StorageLevel.MEMORY_AND_DISK)
     try:
         features = with_rfm_scores(features, ctx.settings.model.prep.quantile_error)

@@ -1,0 +1,58 @@
+"""The predict stage's consumer tables, created with comments and constraints on first use.
+
+``clv_parameters`` and ``churn_evaluation``, which record its models, take the schema of their rows.
+"""
+
+from __future__ import annotations
+
+from seg_spark.tables import ConsumerTable, Table
+
+PROBABILITY_CHECK = "{column} IS NULL OR ({column} >= 0 AND {column} <= 1)"
+
+SCORE_TABLES = (
+    ConsumerTable(
+        Table.CUSTOMER_SCORES,
+        "Lifetime value, P(alive) and churn probability of every customer with a purchase before the as-of "
+        "date (grain: customer x as-of date). CLV columns are null when predict.clv.enabled is false; the churn "
+        "columns when predict.churn.enabled is false or the history is too short (see churn_evaluation).",
+        "customer_id STRING NOT NULL COMMENT 'Customer (pseudonymised when privacy.pseudonymise_customer_id).', "
+        "repeat_purchases BIGINT COMMENT 'x: purchase days after the first one, before the as-of date.', "
+        "recency DOUBLE COMMENT 't_x: first to last purchase day, in time_unit.', "
+        "age DOUBLE COMMENT 'T: first purchase day to the day before the as-of date, in time_unit.', "
+        "time_unit STRING COMMENT 'day or week (predict.clv.time_unit).', "
+        "p_alive DOUBLE COMMENT 'BG/NBD probability that the customer is still active.', "
+        "expected_purchases DOUBLE COMMENT 'BG/NBD expected purchase days over the next horizon_months.', "
+        "expected_order_value DOUBLE COMMENT 'Gamma-Gamma expected value of a purchase day (or the customer''s "
+        "mean when Gamma-Gamma could not be fitted, see clv_parameters).', "
+        "clv DOUBLE COMMENT 'Expected value over horizon_months, each month discounted by monthly_discount_rate.', "
+        "horizon_months INT COMMENT 'The CLV horizon.', "
+        "churn_probability DOUBLE COMMENT 'Probability of no purchase in the next churn horizon_days.', "
+        "churn_model STRING COMMENT 'The churn classifier chosen out of time: logistic_regression or gbt.', "
+        "churn_model_version STRING COMMENT 'Its registered version (MLflow), or unregistered.', "
+        "run_id STRING NOT NULL COMMENT 'The seg-spark run that wrote the row (pipeline_runs.run_id).', "
+        "as_of_date DATE NOT NULL COMMENT 'Scores use behaviour strictly before this date.'",
+        partitioned_by=("as_of_date",),
+        constraints={
+            "p_alive_is_probability": PROBABILITY_CHECK.format(column="p_alive"),
+            "churn_is_probability": PROBABILITY_CHECK.format(column="churn_probability"),
+            "clv_not_negative": "clv IS NULL OR clv >= 0",
+            "expected_purchases_not_negative": "expected_purchases IS NULL OR expected_purchases >= 0",
+        },
+    ),
+    ConsumerTable(
+        Table.SEGMENT_SCORES,
+        "Value and risk of every segment of a run (grain: run x model segment). Join segments on as_of_date "
+        "and model_segment_id for the stable segment_id.",
+        "model_segment_id INT NOT NULL COMMENT 'The model''s cluster index, as in segment_assignments.segment_id.', "
+        "customers BIGINT NOT NULL COMMENT 'Scored customers in the segment.', "
+        "total_clv DOUBLE COMMENT 'Sum of the customers'' CLV.', "
+        "mean_clv DOUBLE COMMENT 'Mean CLV.', "
+        "mean_expected_purchases DOUBLE COMMENT 'Mean expected purchase days over the CLV horizon.', "
+        "mean_p_alive DOUBLE COMMENT 'Mean P(alive).', "
+        "mean_churn_probability DOUBLE COMMENT 'Mean churn probability.', "
+        "clv_share DOUBLE COMMENT 'Share of the total CLV of all segments.', "
+        "run_id STRING NOT NULL COMMENT 'The seg-spark run.', "
+        "as_of_date DATE NOT NULL COMMENT 'The run''s as-of date.'",
+        constraints={"customers_positive": "customers > 0"},
+    ),
+)

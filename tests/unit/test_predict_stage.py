@@ -1,0 +1,93 @@
+"""The predict stage on awkward input: each case ends in its documented outcome, never in NaN."""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+from pathlib import Path
+
+import pytest
+
+from seg_spark.config import load_config
+from seg_spark.context import RunContext
+from seg_spark.errors import EXIT_DATA
+from seg_spark.models.clv import ClvFitError
+from seg_spark.stages.predict import run
+from seg_spark.tables import Table, where
+
+AS_OF = date(2025, 3, 1)
+FIRST = AS_OF - timedelta(days=60)  # two months of history
+
+
+def _context(spark, root: Path, days: dict[str, list[tuple[int, float]]], *overrides: str) -> RunContext:
+    """A warehouse holding what the features and segment stages leave for ``days`` (customer -> (day, value))."""
+    settings = load_config(
+        [],
+        [f"storage.root={root}", "tracking.enabled=false", "run.run_id=r1", f"features.as_of_date={AS_OF}", *overrides],
+    )
+    ctx = RunContext.create(spark, settings)
+    daily = [(c, FIRST + timedelta(days=d), 1, value) for c, bought in days.items() for d, value in bought]
+    ctx.store.overwrite(
+        Table.CUSTOMER_DAILY,
+        spark.createDataFrame(daily, "customer_id string, day date, purchase_orders int, gross double"),
+    )
+    features = [(c, len(bought), AS_OF, "r1") for c, bought in days.items()]
+    ctx.store.replace(
+        Table.CUSTOMER_FEATURES,
+        spark.createDataFrame(features, "customer_id string, frequency long, as_of_date date, run_id string"),
+        where(as_of_date=AS_OF),
+    )
+    assignments = [(c, i % 2, AS_OF, "r1") for i, c in enumerate(days)]
+    ctx.store.replace(
+        Table.SEGMENT_ASSIGNMENTS,
+        spark.createDataFrame(assignments, "customer_id string, segment_id int, as_of_date date, run_id string"),
+        where(as_of_date=AS_OF),
+    )
+    return ctx
+
+
+def test_every_customer_buying_once_stops_with_the_setting_to_change(spark, tmp_path):
+    ctx = _context(spark, tmp_path, {f"c{i}": [(i, 10.0)] for i in range(30)})
+    with pytest.raises(ClvFitError) as raised:
+        run(ctx)
+    assert raised.value.exit_code == EXIT_DATA
+    message = str(raised.value)
+    assert message.startswith(f"CLV as of {AS_OF}: BG/NBD needs customers with repeat purchases")
+    assert "predict.clv.enabled: false" in message
+    assert not ctx.store.exists(Table.CLV_PARAMETERS)
+
+
+def test_few_repeat_buyers_and_a_short_history_fall_back_as_documented(spark, tmp_path):
+    # Thirty customers: eight buy again (too few for Gamma-Gamma), the rest once; two months of history.
+    days = {f"c{i:02d}": [(i, 10.0 + i)] + ([(i + 20, 30.0), (i + 35, 50.0)] if i < 8 else []) for i in range(30)}
+    ctx = _context(spark, tmp_path, days)
+    result = run(ctx)
+
+    assert result.clv is not None and result.clv.fallback is not None
+    assert "at least 10 repeat buyers" in result.clv.fallback
+    scores = {r["customer_id"]: r for r in ctx.store.read(Table.CUSTOMER_SCORES).collect()}
+    assert len(scores) == 30
+    for customer, bought in days.items():
+        row = scores[customer]
+        assert row["expected_order_value"] == pytest.approx(sum(v for _, v in bought) / len(bought))
+        assert row["clv"] >= 0 and 0 <= row["p_alive"] <= 1
+        assert row["churn_probability"] is None and row["churn_model"] is None
+    parameters = ctx.store.read(Table.CLV_PARAMETERS).collect()
+    assert {r["model"] for r in parameters} == {"bgnbd"} and {r["fallback"] for r in parameters} == {
+        result.clv.fallback
+    }
+    (evaluation,) = ctx.store.read(Table.CHURN_EVALUATION).collect()
+    assert evaluation["model"] is None and "predict.churn.horizon_days" in evaluation["skipped"]
+    assert result.churn is not None and result.churn.skipped == evaluation["skipped"]
+    # The per-segment view is there all the same, churn left null.
+    segments = ctx.store.read(Table.SEGMENT_SCORES).orderBy("model_segment_id").collect()
+    assert [r["customers"] for r in segments] == [15, 15]
+    assert all(r["mean_churn_probability"] is None and r["mean_clv"] > 0 for r in segments)
+
+
+def test_with_clv_and_churn_off_the_stage_writes_nothing(spark, tmp_path):
+    ctx = _context(spark, tmp_path, {"c1": [(1, 5.0)]}, "predict.clv.enabled=false", "predict.churn.enabled=false")
+    result = run(ctx)
+    assert result.tables == () and result.report() == [
+        "predict: skipped (predict.clv.enabled and predict.churn.enabled are false)"
+    ]
+    assert not ctx.store.exists(Table.CUSTOMER_SCORES)
