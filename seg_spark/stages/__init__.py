@@ -13,10 +13,13 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import TYPE_CHECKING, Any
 
-from seg_spark.errors import ConfigError
+from seg_spark.errors import ConfigError, StageInputError
+from seg_spark.tables import Table, where
 
 if TYPE_CHECKING:
-    from seg_spark.tables import Table
+    from pyspark.sql import DataFrame
+
+    from seg_spark.context import RunContext
 
 STAGE_NAMES: tuple[str, ...] = ("ingest", "features", "segment", "predict", "publish")
 
@@ -55,3 +58,19 @@ def ordered(names: Sequence[str] | None) -> tuple[str, ...]:
     if unknown:
         raise ConfigError(f"unknown stage(s) {unknown}; stages are, in order: {', '.join(STAGE_NAMES)}")
     return tuple(name for name in STAGE_NAMES if name in names)
+
+
+def features_of(ctx: RunContext, as_of: date) -> DataFrame:
+    """The as-of date's partition of ``customer_features``, the input of the stages after features.
+
+    Raises:
+        StageInputError: The table or the partition is missing (the message names the stage to run).
+    """
+    stored = ctx.store.require(Table.CUSTOMER_FEATURES, "features").filter(where(as_of_date=as_of).column())
+    if stored.isEmpty():
+        raise StageInputError(
+            f"{ctx.store.name(Table.CUSTOMER_FEATURES)} has no rows for as-of date {as_of}: "
+            "run the features stage for it first "
+            f"(seg-spark run --stage features --run-id {ctx.run_id})"
+        )
+    return stored

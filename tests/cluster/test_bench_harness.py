@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BACKGROUND
+from conftest import BACKGROUND, SHORT_JVM
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -34,7 +34,7 @@ def run_harness() -> HarnessRun:
     quick = ["model.selection.k_max=4", "model.stability.bootstraps=0", "model.kmeans_restarts=1"]
     quick.append("tracking.enabled=false")
     command += ["--threads", "1", *[arg for item in quick for arg in ("--set", item)]]
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=1500)
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=1500, env=SHORT_JVM)
     return HarnessRun(done, folder)
 
 

@@ -128,3 +128,6 @@ def test_the_models_are_logged_and_the_churn_model_registered(e2e):
     } <= set(metrics)
     versions = MlflowClient().search_model_versions("name = 'seg-spark-segments-churn'")
     assert [str(v.version) for v in versions] == [e2e.stages["predict"].churn.model_version]
+    logged = mlflow.artifacts.load_dict(f"runs:/{e2e.mlflow_run_id}/churn_evaluation.json")
+    assert [c["model"] for c in logged["candidates"]] == ["logistic_regression", "gbt"]
+    assert all(sum(d["customers"] for d in c["calibration"]) > 0 and c["importances"] for c in logged["candidates"])

@@ -26,6 +26,7 @@ from seg_spark.serve import Endpoint, _listening, beeline, existing_tables
 from seg_spark.stages.publish.schema import CONSUMER_TABLES
 from seg_spark.tables import Table, registration_statements, where
 
+from conftest import SHORT_JVM
 from killing import stage_began, versions, wait_until
 
 pytestmark = pytest.mark.slow
@@ -236,11 +237,6 @@ def test_a_backfill_publishes_its_date_and_leaves_current_and_history_at_the_lat
 def test_publishing_a_run_whose_segment_stage_did_not_succeed_names_the_stage_to_run(spark, tmp_path):
     with pytest.raises(StageInputError, match="needs the segment stage of run nothing.*--stage segment"):
         publish(spark, tmp_path, "nothing", DAY1)
-
-
-# Subprocess JVMs here are short: C1 alone costs less CPU than tiered compilation (its code cache
-# sized back up to the default, which Spark fills).
-SHORT_JVM = {**os.environ, "JAVA_TOOL_OPTIONS": "-XX:TieredStopAtLevel=1 -XX:ReservedCodeCacheSize=240m"}
 
 
 def _publish_process(root: Path, run_id: str, as_of: date, log: Path) -> subprocess.Popen:

@@ -58,18 +58,20 @@ def test_every_customer_buying_once_stops_with_the_setting_to_change(spark, tmp_
 
 def test_few_repeat_buyers_and_a_short_history_fall_back_as_documented(spark, tmp_path):
     # Thirty customers: eight buy again (too few for Gamma-Gamma), the rest once; two months of history.
-    days = {f"c{i:02d}": [(i, 10.0 + i)] + ([(i + 20, 30.0), (i + 35, 50.0)] if i < 8 else []) for i in range(30)}
+    days = {f"c{i:02d}": [(i, 10.0 + i)] + ([(i + 20, 30.0), (i + 35, 50.0)] if i < 8 else []) for i in range(29)}
+    days["free"] = [(3, 0.0), (10, 0.0), (40, 0.0)]  # zero-value orders (free samples) only
     ctx = _context(spark, tmp_path, days)
     result = run(ctx)
 
     assert result.clv is not None and result.clv.fallback is not None
-    assert "at least 10 repeat buyers" in result.clv.fallback
+    assert "at least 10 repeat buyers with a positive mean value; found 8" in result.clv.fallback
     scores = {r["customer_id"]: r for r in ctx.store.read(Table.CUSTOMER_SCORES).collect()}
     assert len(scores) == 30
+    assert (scores["free"]["expected_order_value"], scores["free"]["clv"]) == (0.0, 0.0)
     for customer, bought in days.items():
         row = scores[customer]
         assert row["expected_order_value"] == pytest.approx(sum(v for _, v in bought) / len(bought))
-        assert row["clv"] >= 0 and 0 <= row["p_alive"] <= 1
+        assert row["clv"] >= 0 and 0 <= row["p_alive"] <= 1 and row["expected_purchases"] > 0
         assert row["churn_probability"] is None and row["churn_model"] is None
     parameters = ctx.store.read(Table.CLV_PARAMETERS).collect()
     assert {r["model"] for r in parameters} == {"bgnbd"} and {r["fallback"] for r in parameters} == {

@@ -32,8 +32,8 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from seg_spark.backtest import TIME_UNIT_DAYS
+from seg_spark.config import ChurnSettings, ClvSettings
 from seg_spark.context import RunContext
-from seg_spark.errors import StageInputError
 from seg_spark.features.behaviour import features_from_state, mix_keys
 from seg_spark.features.repeat import summaries_from_days
 from seg_spark.features.side import side_tables, with_side_features
@@ -48,7 +48,7 @@ from seg_spark.models.clv import (
     fit_gamma_gamma_on,
     triple_forecasts,
 )
-from seg_spark.stages import StageResult
+from seg_spark.stages import StageResult, features_of
 from seg_spark.stages.predict.schema import SCORE_TABLES
 from seg_spark.tables import Table, where
 from seg_spark.tracking import churn_model_name
@@ -158,25 +158,25 @@ def run(ctx: RunContext) -> PredictStageResult:
             segment_scores=(),
         )
     daily = ctx.store.require(Table.CUSTOMER_DAILY, "features")
-    features = _features(ctx, as_of)
+    features = features_of(ctx, as_of)
     for definition in SCORE_TABLES:
         ctx.store.create_table(definition)
-    tables: list[Table] = []
     clv = _clv(ctx, daily, as_of) if settings.clv.enabled else None
-    if clv is not None:
-        tables.append(Table.CLV_PARAMETERS)
-    outcome = _churn(ctx, daily, features, as_of) if settings.churn.enabled else None
-    if outcome is not None:
-        tables.append(Table.CHURN_EVALUATION)
-    scores = _customer_scores(ctx, features, clv, outcome, as_of)
     try:
+        outcome = _churn(ctx, daily, features, as_of) if settings.churn.enabled else None
+        scores = _customer_scores(ctx, features, clv, outcome, as_of)
         ctx.store.replace(Table.CUSTOMER_SCORES, scores, where(as_of_date=as_of), partition_by=["as_of_date"])
     finally:
         if clv is not None:
             clv.release()
     _check_written(ctx, as_of)
     by_segment = _segment_scores(ctx, as_of)
-    tables += [Table.CUSTOMER_SCORES, Table.SEGMENT_SCORES]
+    tables = [
+        *([Table.CLV_PARAMETERS] if clv is not None else []),
+        *([Table.CHURN_EVALUATION] if outcome is not None else []),
+        Table.CUSTOMER_SCORES,
+        Table.SEGMENT_SCORES,
+    ]
     return PredictStageResult(
         stage="predict",
         rows_in=None,
@@ -188,17 +188,6 @@ def run(ctx: RunContext) -> PredictStageResult:
         churn=outcome,
         segment_scores=tuple(by_segment),
     )
-
-
-def _features(ctx: RunContext, as_of: date) -> DataFrame:
-    """The as-of date's ``customer_features`` partition (it must exist)."""
-    stored = ctx.store.require(Table.CUSTOMER_FEATURES, "features").filter(where(as_of_date=as_of).column())
-    if stored.isEmpty():
-        raise StageInputError(
-            f"{ctx.store.name(Table.CUSTOMER_FEATURES)} has no rows for as-of date {as_of}: run the features "
-            f"stage for it first (seg-spark run --stage features --run-id {ctx.run_id})"
-        )
-    return stored
 
 
 # --- CLV -------------------------------------------------------------------------------------------
@@ -266,7 +255,7 @@ def _clv(ctx: RunContext, daily: DataFrame, as_of: date) -> ClvOutcome:
     )
 
 
-def _gamma_gamma(summaries: DataFrame, settings: Any) -> tuple[Fit | None, str | None]:
+def _gamma_gamma(summaries: DataFrame, settings: ClvSettings) -> tuple[Fit | None, str | None]:
     """The Gamma-Gamma fit, or why each customer's own mean value stands in."""
     try:
         fit = fit_gamma_gamma_on(
@@ -296,9 +285,22 @@ def _warn_unconverged(name: str, fit: Fit) -> None:
 def _write_parameters(
     ctx: RunContext, as_of: date, customers: int, bgnbd: Fit, gamma_gamma: Fit | None, fallback: str | None
 ) -> None:
-    """One row per model and parameter: value, standard error, log-likelihood, convergence."""
+    """One row per model and parameter: value, standard error, log-likelihood, convergence.
+
+    A standard error is null where the Hessian at the optimum gives none (not invertible, or a
+    negative variance: a parameter at the edge of its range, e.g. ``a`` near 0).
+    """
     rows: list[tuple[Any, ...]] = [
-        (model, name, value, fit.std_errors[name], fit.log_likelihood, fit.converged, fit.message, used)
+        (
+            model,
+            name,
+            value,
+            _finite_or_none(fit.std_errors[name]),
+            fit.log_likelihood,
+            fit.converged,
+            fit.message,
+            used,
+        )
         for model, fit, used in (("bgnbd", bgnbd, True), ("gamma_gamma", gamma_gamma, fallback is None))
         if fit is not None
         for name, value in fit.params.items()
@@ -316,6 +318,10 @@ def _write_parameters(
         F.lit(as_of).alias("as_of_date"),
     )
     ctx.store.replace(Table.CLV_PARAMETERS, frame, where(as_of_date=as_of))
+
+
+def _finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
 
 
 # --- churn -----------------------------------------------------------------------------------------
@@ -378,7 +384,7 @@ def _churn(ctx: RunContext, daily: DataFrame, current: DataFrame, as_of: date) -
 
 
 def _candidate(
-    name: str, training: DataFrame, evaluation: DataFrame, columns: list[str], settings: Any
+    name: str, training: DataFrame, evaluation: DataFrame, columns: list[str], settings: ChurnSettings
 ) -> churn.Evaluation:
     """Fit one candidate on the training rows and judge it on the evaluation rows."""
     started = time.monotonic()
@@ -470,6 +476,27 @@ def _write_evaluation(ctx: RunContext, as_of: date, outcome: ChurnOutcome) -> No
         F.lit(as_of).alias("as_of_date"),
     )
     ctx.store.replace(Table.CHURN_EVALUATION, frame, where(as_of_date=as_of))
+    ctx.tracker.log_summary(
+        {
+            "evaluation_date": outcome.dates.evaluation.isoformat(),
+            "training_dates": [d.isoformat() for d in outcome.dates.training],
+            "skipped": outcome.skipped,
+            "candidates": [
+                {
+                    "model": e.model,
+                    "chosen": outcome.chosen is e,
+                    "auc_roc": e.auc_roc,
+                    "auc_pr": e.auc_pr,
+                    "top_decile_lift": e.top_decile_lift,
+                    "base_rate": e.base_rate,
+                    "calibration": e.calibration,
+                    "importances": e.importances,
+                }
+                for e in outcome.evaluations
+            ],
+        },
+        "churn_evaluation.json",
+    )
 
 
 # --- scores ----------------------------------------------------------------------------------------

@@ -18,10 +18,9 @@ from pyspark.sql import functions as F
 
 from seg_spark import synth
 from seg_spark.context import RunContext
-from seg_spark.errors import StageInputError
 from seg_spark.models import clustering, selection
 from seg_spark.models.validation import label_agreement
-from seg_spark.stages import StageResult
+from seg_spark.stages import StageResult, features_of
 from seg_spark.tables import Table, where
 
 TRUTH = "_truth"
@@ -81,7 +80,7 @@ def run(ctx: RunContext) -> SegmentStageResult:
         DegenerateSegmentationError: The fitted segmentation is degenerate (nothing is written then).
     """
     as_of = ctx.as_of_date("segment")
-    stored = _features(ctx, as_of)
+    stored = features_of(ctx, as_of)
     model_settings = ctx.settings.model
     model_features = clustering.resolve_features(stored.columns, model_settings)
     data = clustering.model_input(stored).persist(StorageLevel.MEMORY_AND_DISK)
@@ -135,18 +134,6 @@ def run(ctx: RunContext) -> SegmentStageResult:
         model_uri=model_uri,
         model_version=model_version,
     )
-
-
-def _features(ctx: RunContext, as_of: date) -> DataFrame:
-    """The as-of date's ``customer_features`` partition (it must exist)."""
-    stored = ctx.store.require(Table.CUSTOMER_FEATURES, "features").filter(where(as_of_date=as_of).column())
-    if stored.isEmpty():
-        raise StageInputError(
-            f"{ctx.store.name(Table.CUSTOMER_FEATURES)} has no rows for as-of date {as_of}: "
-            "run the features stage for it first "
-            f"(seg-spark run --stage features --run-id {ctx.run_id})"
-        )
-    return stored
 
 
 def _record_selection(ctx: RunContext, seg: selection.Segmentation, as_of: date) -> list[Table]:
