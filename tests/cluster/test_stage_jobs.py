@@ -35,7 +35,7 @@ from seg_spark.session import cached_jars, delta_packages
 from seg_spark.tables import Table, TableStore
 from seg_spark.tracking import resolve_tracking_uri
 
-from conftest import BACKGROUND, SHORT_JVM
+from conftest import BACKGROUND
 from killing import commit_info, stage_began, versions, wait_until
 
 pytestmark = pytest.mark.slow
@@ -125,7 +125,7 @@ def _command(job: str, run_id: str, overrides: list[str], package: Path) -> list
     return command
 
 
-ENV = {**SHORT_JVM, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
+ENV = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
 
 
 def _submit(job: str, overrides: list[str], cwd: Path, package: Path) -> subprocess.CompletedProcess:
