@@ -21,15 +21,21 @@ from pyspark.sql import functions as F
 from seg_spark.clock import utc_now
 from seg_spark.config import ClvSettings, Settings
 from seg_spark.errors import ConfigError
-from seg_spark.features.repeat import repeat_summaries
-from seg_spark.models.clv import ClvFitError, Fit, expected_purchases, fit_bgnbd_on, fit_gamma_gamma_on
+from seg_spark.features.repeat import TIME_UNIT_DAYS, repeat_summaries
+from seg_spark.models.clv import (
+    ClvFitError,
+    Fit,
+    expected_purchases,
+    fit_bgnbd_on,
+    fit_gamma_gamma_on,
+    require_converged,
+)
 from seg_spark.plots import calibration_vs_holdout
 from seg_spark.stages.ingest.stage import clean_transactions
 from seg_spark.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
-TIME_UNIT_DAYS = {"day": 1, "week": 7}
 # Calibration frequencies shown one by one; the last bucket is this many and more.
 FREQUENCY_BUCKETS = 7
 
@@ -132,12 +138,7 @@ def _backtest(
         expected_purchases(bgnbd.params, horizon, clv.series_terms).alias("expected"),
         "x_holdout",
     )
-    unconverged = forecast.filter(F.abs(F.col("expected.last_term")) > 1e-9).limit(1).count()
-    if unconverged:
-        raise ClvFitError(
-            f"the expected-purchases series did not converge in {clv.series_terms} terms for some customers: "
-            "raise predict.clv.series_terms"
-        )
+    require_converged(forecast, F.col("expected.last_term"), clv.series_terms)
     table = (
         forecast.groupBy("bucket")
         .agg(

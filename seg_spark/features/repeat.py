@@ -22,6 +22,9 @@ from datetime import date
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+# Days per time unit of the summaries (predict.clv.time_unit, clv-backtest --time-unit).
+TIME_UNIT_DAYS = {"day": 1, "week": 7}
+
 
 def purchase_days() -> Callable[[DataFrame], DataFrame]:
     """Purchase lines (``customer_id``, ``ts``, ``amount``) to purchase days (``customer_id``, ``day``, ``value``)."""

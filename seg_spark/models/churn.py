@@ -37,11 +37,10 @@ NOT_FEATURES = frozenset({"customer_id", "as_of_date", "run_id", "rfm_r", "rfm_f
 
 @dataclass(frozen=True)
 class Dates:
-    """The as-of dates of one churn model: where its rows come from, and the date it scores."""
+    """The as-of dates of one churn model's rows: training, and evaluation."""
 
     training: tuple[date, ...]
     evaluation: date
-    scoring: date
 
     @classmethod
     def before(cls, as_of: date, settings: ChurnSettings) -> Dates:
@@ -50,7 +49,7 @@ class Dates:
         latest = as_of - 2 * horizon
         step = timedelta(days=settings.training_step_days)
         training = tuple(latest - i * step for i in reversed(range(settings.training_dates)))
-        return cls(training=training, evaluation=as_of - horizon, scoring=as_of)
+        return cls(training=training, evaluation=as_of - horizon)
 
 
 @dataclass(frozen=True)
@@ -129,10 +128,8 @@ def churn_probability(model: PipelineModel) -> Callable[[DataFrame], DataFrame]:
     """Score rows: ``churn_probability`` from the model's probability vector; the model's own columns dropped."""
 
     def transform(frame: DataFrame) -> DataFrame:
-        scored = model.transform(frame)
-        added = [c for c in scored.columns if c not in frame.columns]
         probability = vector_to_array(F.col("probability"))[1].alias(PROBABILITY)
-        return scored.select(*frame.columns, probability).drop(*[c for c in added if c != PROBABILITY])
+        return model.transform(frame).select(*frame.columns, probability)
 
     return transform
 

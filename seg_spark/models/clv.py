@@ -40,6 +40,8 @@ FloatArray = NDArray[np.float64]
 
 # Where the expected-purchases series stops: the last term below this.
 SERIES_TOLERANCE = 1e-13
+# A series whose last term is still above this has not converged (checked on every forecast).
+CONVERGED_LAST_TERM = 1e-9
 
 # Starting points of the fits, in the models' own parameters (r, alpha, a, b) and (p, q, v).
 BGNBD_STARTS: tuple[tuple[float, ...], ...] = ((1.0, 1.0, 1.0, 1.0), (0.5, 5.0, 0.5, 2.0), (2.0, 20.0, 1.5, 5.0))
@@ -368,6 +370,24 @@ def clv_scores(forecasts: DataFrame, gamma_gamma: dict[str, float] | None) -> Ca
         )
 
     return transform
+
+
+def require_converged(forecasts: DataFrame, last_term: Column, terms: int) -> None:
+    """Stop when the expected-purchases series of some row has not converged.
+
+    Args:
+        forecasts: Rows of forecasts.
+        last_term: The last term of each row's series (``expected_purchases(...)["last_term"]``).
+        terms: The configured most terms (``predict.clv.series_terms``), for the message.
+
+    Raises:
+        ClvFitError: Some row's last term is above ``CONVERGED_LAST_TERM``.
+    """
+    if not forecasts.filter(F.abs(last_term) > CONVERGED_LAST_TERM).isEmpty():
+        raise ClvFitError(
+            f"the expected-purchases series did not converge in {terms} terms for some customers: "
+            "raise predict.clv.series_terms, or use predict.clv.time_unit: week"
+        )
 
 
 # --- fitting from Spark summaries -------------------------------------------------------------

@@ -31,11 +31,10 @@ from pyspark import StorageLevel
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from seg_spark.backtest import TIME_UNIT_DAYS
 from seg_spark.config import ChurnSettings, ClvSettings
 from seg_spark.context import RunContext
 from seg_spark.features.behaviour import features_from_state, mix_keys
-from seg_spark.features.repeat import summaries_from_days
+from seg_spark.features.repeat import TIME_UNIT_DAYS, summaries_from_days
 from seg_spark.features.side import side_tables, with_side_features
 from seg_spark.features.state import state_from_daily
 from seg_spark.models import churn
@@ -46,6 +45,7 @@ from seg_spark.models.clv import (
     clv_scores,
     fit_bgnbd_on,
     fit_gamma_gamma_on,
+    require_converged,
     triple_forecasts,
 )
 from seg_spark.stages import StageResult, features_of
@@ -54,8 +54,6 @@ from seg_spark.tables import Table, where
 from seg_spark.tracking import churn_model_name
 
 log = logging.getLogger(__name__)
-
-SERIES_TOLERANCE = 1e-9
 
 
 @dataclass(frozen=True)
@@ -228,21 +226,15 @@ def _clv(ctx: RunContext, daily: DataFrame, as_of: date) -> ClvOutcome:
         horizon = ClvHorizon(settings.horizon_months, settings.monthly_discount_rate, unit, settings.series_terms)
         forecasts = summaries.transform(triple_forecasts(bgnbd.params, horizon)).persist(StorageLevel.MEMORY_AND_DISK)
         cached.append(forecasts)
-        if not forecasts.filter(F.col("series_last_term") > SERIES_TOLERANCE).isEmpty():
-            raise ClvFitError(
-                f"the expected-purchases series did not converge in {settings.series_terms} terms for some customers: "
-                "raise predict.clv.series_terms, or use predict.clv.time_unit: week"
-            )
+        require_converged(forecasts, F.col("series_last_term"), settings.series_terms)
         value_params = gamma_gamma.params if gamma_gamma is not None and fallback is None else None
         scores = summaries.transform(clv_scores(forecasts, value_params))
         _write_parameters(ctx, as_of, customers, bgnbd, gamma_gamma, fallback)
-    except ClvFitError as exc:
+    except BaseException as exc:
         for frame in cached:
             frame.unpersist()
-        raise ClvFitError(f"CLV as of {as_of}: {exc} (or set predict.clv.enabled: false to skip CLV)") from exc
-    except BaseException:
-        for frame in cached:
-            frame.unpersist()
+        if isinstance(exc, ClvFitError):
+            raise ClvFitError(f"CLV as of {as_of}: {exc} (or set predict.clv.enabled: false to skip CLV)") from exc
         raise
     return ClvOutcome(
         bgnbd=bgnbd,
@@ -543,10 +535,10 @@ def _customer_scores(
 
 
 def _check_written(ctx: RunContext, as_of: date) -> None:
-    """Refuse (and so roll back) scores with a series that did not converge or a value that is not a number.
+    """Refuse (and so roll back) scores holding a value that is not a finite number.
 
     Raises:
-        ClvFitError: Some score is NaN or infinite, or the CLV series had not converged.
+        ClvFitError: Some score is NaN or infinite.
     """
     written = ctx.store.read(Table.CUSTOMER_SCORES).filter(where(as_of_date=as_of).column())
     numbers = ["p_alive", "expected_purchases", "expected_order_value", "clv", churn.PROBABILITY]
