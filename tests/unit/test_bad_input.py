@@ -35,6 +35,8 @@ from seg_spark.lock import warehouse_lock
 from seg_spark.stages.ingest.stage import TooFewCustomersError, check_customers
 from seg_spark.tables import Table, TableStore
 
+from conftest import NO_PREDICT
+
 pytestmark = pytest.mark.slow  # one good run of every stage, then a failing run per case
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -90,8 +92,7 @@ def settings_overrides(root: Path) -> list[str]:
         "model.min_customers_per_segment=2",
         # Four customers with a few orders each: too few for CLV or churn (their own errors are tested in
         # tests/unit/test_predict_stage.py).
-        "predict.clv.enabled=false",
-        "predict.churn.enabled=false",
+        *NO_PREDICT,
     ]
 
 
