@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup run test test-fast lint typecheck format clean
+.PHONY: setup run test test-fast lint typecheck format clean browser
 
 setup: $(VENV)/.installed
 
@@ -25,7 +25,15 @@ lint: setup
 typecheck: setup
 	$(BIN)/mypy
 
-test: lint typecheck
+# The report test opens the HTML report in Debian's headless Chromium and its driver: installed
+# here when missing (as root, or with sudo).
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null; }
+
+test: lint typecheck browser
 	$(BIN)/pytest
 
 # Everything but the tests marked slow (end-to-end runs, subprocesses, whole-stage runs).

@@ -46,6 +46,8 @@ setup(
             # the suite runs the harness at a smoke size.
             "duckdb>=1.1",
             "deltalake>=1.0",
+            # The HTML report test opens the report in headless Chromium (Debian's, `make browser`).
+            "selenium>=4.20",
         ],
     },
     entry_points={
@@ -55,6 +57,7 @@ setup(
             "seg-spark-features=seg_spark.cli:features",
             "seg-spark-segment=seg_spark.cli:segment",
             "seg-spark-predict=seg_spark.cli:predict",
+            "seg-spark-explain=seg_spark.cli:explain",
             "seg-spark-publish=seg_spark.cli:publish",
         ]
     },

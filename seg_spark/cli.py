@@ -102,6 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
     backtest.add_argument("--time-unit", default="week", choices=["week", "day"])
     backtest.add_argument("--json", action="store_true", help="print one JSON object instead of the report")
 
+    report = sub.add_parser("report", help="rebuild a run's HTML report from the Delta tables (no model is refitted)")
+    _config_args(report)
+    report.add_argument("--run-id", help="the run (default: the run of the latest as-of date in segment_profiles)")
+
     gen = sub.add_parser("generate", help="write a synthetic transaction log with planted archetypes")
     _config_args(gen)
     gen.add_argument("--customers", type=int, help="number of customers (default from config)")
@@ -153,6 +157,9 @@ def _print_run(result: PipelineResult) -> None:
     if result.mlflow_run_id:
         print(f"  MLflow: run {result.mlflow_run_id} in {result.tracking_uri}")
     print(f"  finished in {result.seconds:.1f}s")
+    for stage in result.stages.values():
+        for line in stage.closing():
+            print(line)
 
 
 def _quiet_libraries() -> None:
@@ -240,6 +247,19 @@ def _clv_backtest(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _report(args: argparse.Namespace) -> int:
+    from seg_spark.stages.explain import report
+    from seg_spark.tables import TableStore
+
+    settings, spark = _checked_session(args)
+    written = report.build(TableStore(spark, settings), settings, args.run_id)
+    print(f"seg-spark report: run {written.run_id}, as of {written.as_of_date}")
+    for segment_id, name in sorted(written.names.items()):
+        print(f"  {segment_id}: {name}")
+    print(f"  {written.path}")
+    return EXIT_OK
+
+
 def _generate(args: argparse.Namespace) -> int:
     from seg_spark.session import get_spark
     from seg_spark.synth import write_generated
@@ -277,6 +297,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "forget": _forget,
             "serve-sql": _serve_sql,
             "clv-backtest": _clv_backtest,
+            "report": _report,
             "generate": _generate,
         }[args.command](args)
     except SegSparkError as exc:
@@ -308,6 +329,11 @@ def segment() -> int:
 def predict() -> int:
     """Console entry point ``seg-spark-predict``."""
     return run_stage_main("predict")
+
+
+def explain() -> int:
+    """Console entry point ``seg-spark-explain``."""
+    return run_stage_main("explain")
 
 
 def publish() -> int:

@@ -123,6 +123,7 @@ class TableNames(_Strict):
     segment_scores: str = "segment_scores"
     clv_parameters: str = "clv_parameters"
     churn_evaluation: str = "churn_evaluation"
+    segment_profiles: str = "segment_profiles"
 
 
 class TrackingSettings(_Strict):
@@ -657,6 +658,78 @@ class PublishSettings(_Strict):
     )
 
 
+class NamingRule(_Strict):
+    """One behaviour word of a segment's name.
+
+    Used when ``feature``'s lift (segment mean / base mean) is at least ``above`` or at most ``below``.
+    """
+
+    label: str = Field(min_length=1)
+    feature: str = Field(min_length=1)
+    above: float | None = Field(default=None, gt=0)
+    below: float | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _one_bound(self) -> NamingRule:
+        if (self.above is None) == (self.below is None):
+            raise ValueError(f"rule {self.label!r}: give exactly one of above or below")
+        return self
+
+
+DEFAULT_NAMING_RULES = (
+    NamingRule(label="lapsing", feature="recency_days", above=1.5),
+    NamingRule(label="newcomers", feature="tenure_days", below=0.6),
+    NamingRule(label="loyalists", feature="frequency", above=1.3),
+    NamingRule(label="occasional buyers", feature="frequency", below=0.7),
+)
+
+
+class NamingSettings(_Strict):
+    """How segments are named: '<value tier> <behaviour>', e.g. 'High-value loyalists'."""
+
+    value_feature: str = Field(default="monetary", description="The feature whose lift sets the value tier.")
+    high_value_lift: float = Field(default=1.5, gt=0, description="Lift at or above it: 'High-value'.")
+    low_value_lift: float = Field(default=0.67, gt=0, description="Lift at or below it: 'Low-value'; else 'Mid-value'.")
+    rules: tuple[NamingRule, ...] = Field(
+        default=DEFAULT_NAMING_RULES, description="Behaviour words, first match wins (lift = segment / base mean)."
+    )
+    fallback: str = Field(default="regulars", min_length=1, description="The behaviour word when no rule matches.")
+
+    @model_validator(mode="after")
+    def _ordered_tiers(self) -> NamingSettings:
+        if self.low_value_lift >= self.high_value_lift:
+            raise ValueError("low_value_lift must be below high_value_lift")
+        return self
+
+
+class ExplainSettings(_Strict):
+    """The explain stage: segment profiles, names, drivers, plots and the HTML report."""
+
+    enabled: bool = True
+    min_profile_customers: int = Field(
+        default=50,
+        ge=1,
+        description="A segment with fewer customers shows counts only (its profile is suppressed), and no "
+        "category, channel or country with fewer customers in a segment is shown.",
+    )
+    top_values: int = Field(default=3, ge=1, le=20, description="Top categories, channels and countries shown.")
+    quantile_accuracy: int = Field(
+        default=10_000, ge=100, description="percentile_approx accuracy for the profiles' quantiles."
+    )
+    surrogate_max_depth: int = Field(default=4, ge=1, le=10, description="Depth of the decision-tree surrogate.")
+    surrogate_sample_rows: int = Field(
+        default=200_000, ge=100, description="Customers the surrogate is trained and scored on at most."
+    )
+    rules_per_segment: int = Field(default=2, ge=1, le=10)
+    plot_sample_rows: int = Field(
+        default=3_000, ge=100, description="Customers in the PCA projection at most (stratified by segment)."
+    )
+    report_folder: str = Field(
+        default="reports", description="Reports go to <storage.root>/<report_folder>/<run_id>/report.html."
+    )
+    naming: NamingSettings = Field(default_factory=NamingSettings)
+
+
 class ForgetSettings(_Strict):
     """``seg-spark forget``: deleting customers from every table, and from the versions kept for time travel."""
 
@@ -683,6 +756,7 @@ class Settings(_Strict):
     features: FeatureSettings = Field(default_factory=FeatureSettings)
     model: ModelSettings = Field(default_factory=ModelSettings)
     predict: PredictSettings = Field(default_factory=PredictSettings)
+    explain: ExplainSettings = Field(default_factory=ExplainSettings)
     publish: PublishSettings = Field(default_factory=PublishSettings)
     forget: ForgetSettings = Field(default_factory=ForgetSettings)
     run: RunSettings = Field(default_factory=RunSettings)

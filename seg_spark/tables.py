@@ -77,6 +77,7 @@ class Table(StrEnum):
     SEGMENT_SCORES = "segment_scores"
     CLV_PARAMETERS = "clv_parameters"
     CHURN_EVALUATION = "churn_evaluation"
+    SEGMENT_PROFILES = "segment_profiles"
 
 
 # Each optional side source (its key under ``sources``) and the table its clean rows go to.

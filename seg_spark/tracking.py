@@ -151,6 +151,12 @@ class Tracker:
         if mlflow.active_run() is not None:
             mlflow.log_figure(figure, artifact)
 
+    @staticmethod
+    def log_artifact(path: Path, folder: str) -> None:
+        """Attach a file under ``folder`` to the active run, if any."""
+        if mlflow.active_run() is not None:
+            mlflow.log_artifact(str(path), folder)
+
     @contextmanager
     def child(self, run_name: str, params: Mapping[str, Any]) -> Iterator[None]:
         """A nested run of the active run (e.g. one model-selection candidate); nothing when none is active."""

@@ -25,6 +25,8 @@ E2E_RUN = "e2e-run-1"
 FAST = ("model.selection.enabled=false", "model.stability.bootstraps=0", "model.kmeans_restarts=1")
 # Runs that test other things than the predict stage leave it out (it is tested on the shared run).
 NO_PREDICT = ("predict.clv.enabled=false", "predict.churn.enabled=false")
+# Runs that test other things than the explain stage leave it out too (it is tested on the shared run).
+NO_EXPLAIN = ("explain.enabled=false",)
 
 
 # Subprocess JVMs in the suite are short: C1 alone costs less CPU than tiered compilation (its code

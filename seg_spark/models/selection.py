@@ -534,7 +534,7 @@ SELECTION_SCHEMA = (
     "run_id string, as_of_date date, algorithm string, k int, status string, chosen boolean, elbow boolean, "
     "rule string, silhouette double, wssse double, calinski_harabasz double, davies_bouldin double, "
     "log_likelihood double, bic double, smallest_segment_share double, sizes array<bigint>, seconds double, "
-    "sample_rows bigint, seed bigint"
+    "sample_rows bigint, seed bigint, stability_mean_ari double, stability_jaccard map<int, double>"
 )
 HIERARCHY_SCHEMA = (
     "run_id string, as_of_date date, node_id int, parent_id int, depth int, segment_id int, size bigint, "
@@ -545,6 +545,9 @@ HIERARCHY_SCHEMA = (
 def selection_rows(spark: SparkSession, seg: Segmentation, run_id: str, as_of: date) -> DataFrame:
     """One row per candidate for the ``model_selection`` table."""
     sample_rows = int(seg.metrics["selection_sample_rows"])
+    # The stability check refits the chosen candidate only: its row carries the outcome.
+    ari = seg.stability.get("mean_ari")
+    stable = (ari if _finite(ari) else None, {int(s): float(v) for s, v in seg.stability.get("jaccard", {}).items()})
     rows = []
     for c in seg.candidates:
         m = {name: (value if _finite(value) else None) for name, value in c.metrics.items()}
@@ -554,6 +557,7 @@ def selection_rows(spark: SparkSession, seg: Segmentation, run_id: str, as_of: d
                 m.get("silhouette"), m.get("wssse"), m.get("calinski_harabasz"), m.get("davies_bouldin"),
                 m.get("log_likelihood"), m.get("bic"), m.get("smallest_segment_share"),
                 c.sizes, float(c.seconds), sample_rows, seg.seed,
+                *(stable if c.chosen and seg.stability.get("bootstraps") else (None, None)),
             )
         )  # fmt: skip
     return spark.createDataFrame(rows, SELECTION_SCHEMA)

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
     from seg_spark.context import RunContext
 
-STAGE_NAMES: tuple[str, ...] = ("ingest", "features", "segment", "predict", "publish")
+STAGE_NAMES: tuple[str, ...] = ("ingest", "features", "segment", "predict", "explain", "publish")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -39,6 +39,10 @@ class StageResult:
         """Lines a person reads at the end of a run (the CLI prints them)."""
         rows = f"{self.rows_out:,} rows out" if self.rows_out is not None else "done"
         return [f"{self.stage}: {rows}"]
+
+    def closing(self) -> list[str]:
+        """Lines that end the run's output, after the tables (what a person looks at next)."""
+        return []
 
 
 def entry_point(name: str) -> Callable[[Any], StageResult]:

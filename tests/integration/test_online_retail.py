@@ -123,3 +123,12 @@ def test_every_real_customer_with_a_purchase_gets_a_value(spark, result):
     )
     (few, many) = sorted(by_frequency.collect(), key=lambda r: r[0])
     assert many[1] > 3 * few[1] and many[2] > 3 * few[2]
+
+
+def test_the_real_segments_are_named_and_the_names_reach_the_published_tables(spark, result):
+    explain = result.stages["explain"]
+    names = [n.name for n in explain.names]
+    assert len(names) == len(set(names)) == result.stages["segment"].k
+    assert Path(explain.report_path).is_file()
+    published = spark.read.format("delta").load(result.tables["customer_segments"])
+    assert sorted(r[0] for r in published.select("segment_name").distinct().collect()) == sorted(names)

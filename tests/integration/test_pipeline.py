@@ -15,7 +15,7 @@ from seg_spark.models.validation import label_agreement
 from seg_spark.pipeline import run_pipeline
 from seg_spark.tracking import resolve_tracking_uri
 
-from conftest import E2E_END, E2E_RUN, FAST, NO_PREDICT, e2e_settings
+from conftest import E2E_END, E2E_RUN, FAST, NO_EXPLAIN, NO_PREDICT, e2e_settings
 
 pytestmark = pytest.mark.slow
 
@@ -89,13 +89,15 @@ def test_the_run_manifest_records_every_stage(spark, e2e):
         ("features", "succeeded", None),
         ("segment", "succeeded", None),
         ("predict", "succeeded", None),
+        ("explain", "succeeded", None),
         ("publish", "succeeded", None),
     ]
     counts = e2e.stages["ingest"].counts
     assert (rows[0].rows_in, rows[0].rows_out, rows[0].as_of_date) == (counts.input_rows, counts.clean_rows, None)
-    assert [r.as_of_date for r in rows[1:]] == [E2E_END] * 4
-    assert rows[2].rows_in == rows[1].rows_out == 1500 and rows[2].rows_out == rows[4].rows_in == 1500
+    assert [r.as_of_date for r in rows[1:]] == [E2E_END] * 5
+    assert rows[2].rows_in == rows[1].rows_out == 1500 and rows[2].rows_out == rows[5].rows_in == 1500
     assert rows[3].rows_out == 1500  # every customer of the demo has a purchase, so a score
+    assert (rows[4].rows_in, rows[4].rows_out) == (1500, e2e.stages["segment"].k)  # explained: one profile each
     assert {r.mlflow_run_id for r in rows} == {e2e.mlflow_run_id}
     assert all(r.started_at <= r.ended_at and r.seconds > 0 for r in rows)
     assert all(earlier.ended_at <= later.started_at for earlier, later in zip(rows, rows[1:], strict=False))
@@ -190,6 +192,7 @@ def test_profiles_and_events_flow_into_the_features_of_another_as_of_date(spark,
         "sources.events.columns={customer_id: user, ts: at, session_id: session, event_type: null}",
         *FAST,
         *NO_PREDICT,
+        *NO_EXPLAIN,
     )
     result = run_pipeline(spark, with_sides)
     assert result.stages["segment"].as_of_date == date(2025, 11, 15)

@@ -35,7 +35,7 @@ from seg_spark.lock import warehouse_lock
 from seg_spark.stages.ingest.stage import TooFewCustomersError, check_customers
 from seg_spark.tables import Table, TableStore
 
-from conftest import NO_PREDICT
+from conftest import NO_EXPLAIN, NO_PREDICT
 
 pytestmark = pytest.mark.slow  # one good run of every stage, then a failing run per case
 
@@ -93,6 +93,7 @@ def settings_overrides(root: Path) -> list[str]:
         # Four customers with a few orders each: too few for CLV or churn (their own errors are tested in
         # tests/unit/test_predict_stage.py).
         *NO_PREDICT,
+        *NO_EXPLAIN,
     ]
 
 

@@ -59,7 +59,7 @@ def test_the_store_names_locates_versions_and_reports_missing_input(spark, store
 
 
 def test_stages_are_named_and_run_in_pipeline_order():
-    assert STAGE_NAMES == ("ingest", "features", "segment", "predict", "publish")
+    assert STAGE_NAMES == ("ingest", "features", "segment", "predict", "explain", "publish")
     assert ordered(None) == ordered([]) == STAGE_NAMES
     assert ordered(["segment", "ingest", "segment"]) == ("ingest", "segment")
     with pytest.raises(ConfigError, match="unknown stage"):

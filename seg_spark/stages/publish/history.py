@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from datetime import date
 from itertools import chain
+from typing import Any
 
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
@@ -17,25 +18,28 @@ from pyspark.sql.window import Window
 OPEN, KEEP_OPEN, CLOSE = "open", "keep_open", "close"
 
 
-def _lookup(mapping: Mapping[int, int], column: str) -> Column:
+def _lookup(mapping: Mapping[int, Any], column: str, type_: str = "int") -> Column:
     """``mapping[column]`` as a Spark expression (null for a key it lacks)."""
     pairs = list(chain.from_iterable((F.lit(k), F.lit(v)) for k, v in sorted(mapping.items())))
-    return F.element_at(F.create_map(*pairs), F.col(column)) if pairs else F.lit(None).cast("int")
+    return F.element_at(F.create_map(*pairs), F.col(column)) if pairs else F.lit(None).cast(type_)
 
 
-def with_stable_ids(ids: Mapping[int, int], version: Sequence[Column]) -> Callable[[DataFrame], DataFrame]:
+def with_stable_ids(
+    ids: Mapping[int, int], version: Sequence[Column], names: Mapping[int, str] | None = None
+) -> Callable[[DataFrame], DataFrame]:
     """Segment assignments -> ``customer_segments`` rows: stable ids, the model's own index, version columns.
 
     Args:
         ids: Model segment id -> published (stable) segment id.
         version: Literal columns ``run_id``, ``as_of_date``, ``model_name``, ``model_version``, ``k``, ``config_hash``.
+        names: Model segment id -> name (the explain stage's), when known.
     """
 
     def transform(assignments: DataFrame) -> DataFrame:
         return assignments.select(
             "customer_id",
             _lookup(ids, "segment_id").cast("int").alias("segment_id"),
-            F.lit(None).cast("string").alias("segment_name"),
+            _lookup(names or {}, "segment_id", "string").cast("string").alias("segment_name"),
             F.col("segment_id").cast("int").alias("model_segment_id"),
             "segment_distance",
             "segment_probability",

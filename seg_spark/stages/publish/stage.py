@@ -1,8 +1,8 @@
 """Publish: the run's segments as versioned consumer tables with stable ids, current view and history.
 
-Reads the run's ``segment_assignments`` (written by the segment stage) and the previous
-published run; writes, in this order, each step replacing the as-of date's rows so a rerun
-never duplicates:
+Reads the run's ``segment_assignments`` (written by the segment stage), the names the explain
+stage gave its segments (``segment_profiles``, when it ran) and the previous published run;
+writes, in this order, each step replacing the as-of date's rows so a rerun never duplicates:
 
 1. ``segments``: every segment with its stable id, size, feature means, and whether it is
    new, continued or vanished (``identity.match_segments``);
@@ -135,9 +135,10 @@ def _publish(ctx: RunContext, as_of: date, assignments: DataFrame) -> PublishSta
         F.lit(config_hash(ctx)).alias("config_hash"),
     ]
     this_date = where(as_of_date=as_of)
-    segments = _segment_rows(ctx, as_of, assignments, matching, new_sizes, first["algorithm"])
+    names = _segment_names(ctx, as_of)
+    segments = _segment_rows(ctx, as_of, assignments, matching, new_sizes, first["algorithm"], names)
     store.replace(Table.SEGMENTS, segments.select("*", *version), this_date)
-    published = assignments.transform(history.with_stable_ids(matching.ids(), version))
+    published = assignments.transform(history.with_stable_ids(matching.ids(), version, names))
     store.replace(Table.CUSTOMER_SEGMENTS, published, this_date, partition_by=["as_of_date"])
     moves = history.migration(previous, published).select(
         F.lit(previous_as_of).cast("date").alias("previous_as_of_date"),
@@ -200,6 +201,14 @@ def _next_id(ctx: RunContext, as_of: date) -> int:
     return 0 if row is None or row[0] is None else int(row[0]) + 1
 
 
+def _segment_names(ctx: RunContext, as_of: date) -> dict[int, str]:
+    """Model segment id -> the name the explain stage gave it in this run (none when it did not run)."""
+    if not ctx.store.exists(Table.SEGMENT_PROFILES):
+        return {}
+    rows = ctx.store.read(Table.SEGMENT_PROFILES).filter(where(as_of_date=as_of, run_id=ctx.run_id).column())
+    return {int(r[0]): str(r[1]) for r in rows.select("model_segment_id", "segment_name").collect()}
+
+
 def _sizes(frame: DataFrame) -> dict[int, int]:
     """Customers per segment id (k rows reach the driver)."""
     return {int(r[0]): int(r[1]) for r in frame.groupBy("segment_id").count().collect()}
@@ -222,23 +231,24 @@ def _segment_rows(
     matching: identity.Matching,
     sizes: dict[int, int],
     algorithm: str,
+    names: dict[int, str],
 ) -> DataFrame:
     """One row per segment of the new model (with feature means) and per vanished id."""
     features = ctx.store.require(Table.CUSTOMER_FEATURES, "features").filter(where(as_of_date=as_of).column())
-    names = clustering.resolve_features(features.columns, ctx.settings.model)
+    modelled = clustering.resolve_features(features.columns, ctx.settings.model)
     means = (
         assignments.select("customer_id", "segment_id")
-        .join(features.select("customer_id", *names), "customer_id")
+        .join(features.select("customer_id", *modelled), "customer_id")
         .groupBy("segment_id")
-        .agg(*[F.avg(name).alias(name) for name in names])
+        .agg(*[F.avg(name).alias(name) for name in modelled])
         .collect()
     )
-    by_segment = {int(r["segment_id"]): {n: r[n] for n in names if r[n] is not None} for r in means}
+    by_segment = {int(r["segment_id"]): {n: r[n] for n in modelled if r[n] is not None} for r in means}
     total = sum(sizes.values())
     rows: list[tuple[Any, ...]] = [
         (s.segment_id, s.model_segment_id, s.status, s.segment_id if s.status == identity.CONTINUED else None,
          s.jaccard, sizes[s.model_segment_id], sizes[s.model_segment_id] / total,
-         by_segment.get(s.model_segment_id, {}), None, algorithm)
+         by_segment.get(s.model_segment_id, {}), names.get(s.model_segment_id), algorithm)
         for s in matching.segments
     ]  # fmt: skip
     rows += [(v, None, identity.VANISHED, None, None, 0, 0.0, {}, None, algorithm) for v in matching.vanished]
