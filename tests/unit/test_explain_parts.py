@@ -137,7 +137,7 @@ def test_the_description_says_spend_recency_orders_and_weight():
     profile = _profile(0, monetary=4.1, recency_days=0.5, frequency=2.0)
     text = naming.describe(profile, NamingSettings())
     assert text == (
-        "4.1x average monetary, last purchase 0 days ago (median), 2.0 orders on average; "
+        "4.1x average spend, last purchase 0 days ago (median), 2.0 orders on average; "
         "25% of customers, 25% of revenue."
     )
 

@@ -15,6 +15,9 @@ from dataclasses import dataclass
 from seg_spark.config import NamingRule, NamingSettings
 from seg_spark.stages.explain.profiles import SegmentProfile
 
+# How a description says a value feature's name ("4.1x average spend"); others are said as named.
+SPOKEN = {"monetary": "spend", "avg_order_value": "order value", "frequency": "orders"}
+
 
 @dataclass(frozen=True)
 class SegmentName:
@@ -55,7 +58,7 @@ def describe(profile: SegmentProfile, naming: NamingSettings) -> str:
     parts = []
     value = profile.features.get(naming.value_feature)
     if value is not None and value.lift is not None:
-        parts.append(f"{value.lift:.1f}x average {naming.value_feature}")
+        parts.append(f"{value.lift:.1f}x average {SPOKEN.get(naming.value_feature, naming.value_feature)}")
     recency = profile.features.get("recency_days")
     if recency is not None and recency.median is not None:
         parts.append(f"last purchase {recency.median:.0f} days ago (median)")
