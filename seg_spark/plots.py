@@ -150,6 +150,7 @@ def dendrogram(nodes: Sequence[Mapping[str, Any]], names: Mapping[int, str]) -> 
         nodes: ``segment_hierarchy`` rows: ``node_id``, ``parent_id``, ``depth``, ``segment_id``, ``size``.
         names: Segment id -> name, for the leaves.
     """
+    by_id = {node["node_id"]: node for node in nodes}
     children: dict[Any, list[Mapping[str, Any]]] = {}
     for node in nodes:
         children.setdefault(node["parent_id"], []).append(node)
@@ -171,7 +172,7 @@ def dendrogram(nodes: Sequence[Mapping[str, Any]], names: Mapping[int, str]) -> 
     axes = figure.add_subplot()
     for node in nodes:
         if node["parent_id"] is not None and node["parent_id"] in x:
-            parent = next(n for n in nodes if n["node_id"] == node["parent_id"])
+            parent = by_id[node["parent_id"]]
             axes.plot([x[parent["node_id"]], x[node["node_id"]]], [-parent["depth"], -node["depth"]], color="grey")
         axes.scatter([x[node["node_id"]]], [-node["depth"]], s=30, color="black")
         label = f"{node['size']:,}"

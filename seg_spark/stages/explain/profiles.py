@@ -21,7 +21,7 @@ SEGMENT = "segment_id"
 QUANTILES = (0.1, 0.5, 0.9)
 VALUE_FEATURE = "monetary"  # net spend: the revenue a segment brings
 RFM_SEGMENT = "rfm_segment"
-NOT_DESCRIPTIVE = {"customer_id", "run_id", RFM_SEGMENT}
+NOT_DESCRIPTIVE = {"customer_id", "run_id"}
 # Share columns read as "top categories / channels": cat_<name>_share, channel_<name>_share.
 MIX_PATTERNS = {"categories": re.compile(r"cat_(.+)_share"), "channels": re.compile(r"channel_(.+)_share")}
 CONFIDENT_MEMBERSHIP = 0.9
@@ -146,9 +146,8 @@ def membership_quantiles(labelled: DataFrame, accuracy: int) -> dict[int, dict[s
 
 def feature_profile(segment: Mapping[str, Any], base: Mapping[str, Any], name: str) -> FeatureProfile:
     """One feature's profile in a segment against the whole base."""
-    mean, base_mean, base_std = (
-        _finite(s.get(f"{k}:{name}")) for s, k in ((segment, "mean"), (base, "mean"), (base, "std"))
-    )
+    mean = _finite(segment.get(f"mean:{name}"))
+    base_mean, base_std = _finite(base.get(f"mean:{name}")), _finite(base.get(f"std:{name}"))
     quantiles = segment.get(f"quantiles:{name}") or [None] * len(QUANTILES)
     lift = mean / base_mean if mean is not None and base_mean else None
     std_diff = (mean - base_mean) / base_std if mean is not None and base_mean is not None and base_std else None
@@ -204,10 +203,15 @@ def _top_mix(row: Mapping[str, Any], mix: Mapping[str, str], min_customers: int,
     shown = [
         (label, _finite(row[f"mean:{c}"]) or 0.0) for c, label in mix.items() if row[f"buyers:{c}"] >= min_customers
     ]
-    return sorted(shown, key=lambda item: (-item[1], item[0]))[:top]
+    return _largest(shown, top)
 
 
 def _top_labels(counts: Mapping[str, int], customers: int, min_customers: int, top: int) -> list[tuple[str, float]]:
     """The most common values of a label (share of the segment's customers), each held by enough customers."""
     shown = [(label, n / customers) for label, n in counts.items() if n >= min_customers]
+    return _largest(shown, top)
+
+
+def _largest(shown: list[tuple[str, float]], top: int) -> list[tuple[str, float]]:
+    """The ``top`` values with the largest shares (ties by value, so the order is stable)."""
     return sorted(shown, key=lambda item: (-item[1], item[0]))[:top]

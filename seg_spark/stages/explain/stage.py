@@ -126,8 +126,7 @@ def _explain(
     settings = ctx.settings.explain
     columns = profiles.Columns.of(features)
     stats = profiles.statistics(labelled, columns, settings.quantile_accuracy)
-    label_columns = [*columns.labels, *([profiles.RFM_SEGMENT] if profiles.RFM_SEGMENT in features.columns else [])]
-    labels = profiles.label_counts(labelled, label_columns)
+    labels = profiles.label_counts(labelled, columns.labels)
     membership = (
         profiles.membership_quantiles(labelled, settings.quantile_accuracy) if algorithm == "gaussian_mixture" else {}
     )
@@ -178,13 +177,12 @@ def _profile_rows(
         shown = not p.suppressed
         score = scores.get(p.segment_id, {}) if shown else {}
         rules = [(r.text(), r.precision, r.coverage) for r in surrogate.rules.get(p.segment_id, [])]
-        top = {kind: [(value, share) for value, share in values] for kind, values in p.top.items()}
         rows.append(
             (
                 p.segment_id, by_id[p.segment_id].name, by_id[p.segment_id].description, p.customers, p.share,
                 p.revenue_share, p.suppressed,
                 {n: asdict(f) for n, f in p.features.items()} if shown else None,
-                top if shown else None,
+                p.top if shown else None,
                 p.rfm_segments if shown else None,
                 p.membership or None if shown else None,
                 rules if shown else None,
