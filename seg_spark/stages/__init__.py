@@ -17,7 +17,7 @@ from seg_spark.errors import ConfigError, StageInputError
 from seg_spark.tables import Table, where
 
 if TYPE_CHECKING:
-    from pyspark.sql import DataFrame
+    from pyspark.sql import DataFrame, Row
 
     from seg_spark.context import RunContext
 
@@ -78,3 +78,25 @@ def features_of(ctx: RunContext, as_of: date) -> DataFrame:
             f"(seg-spark run --stage features --run-id {ctx.run_id})"
         )
     return stored
+
+
+def assignments_of(ctx: RunContext, as_of: date) -> DataFrame:
+    """The run's ``segment_assignments`` at the as-of date, the input of the stages after segment."""
+    return ctx.store.require(Table.SEGMENT_ASSIGNMENTS, "segment").filter(
+        where(as_of_date=as_of, run_id=ctx.run_id).column()
+    )
+
+
+def model_of(ctx: RunContext, as_of: date, assignments: DataFrame) -> Row:
+    """The model columns (``model_name``, ``model_version``, ``algorithm``, ``k``) of the run's assignments.
+
+    Raises:
+        StageInputError: The run has no assignments at the date (the message names the stage to run).
+    """
+    first = assignments.select("model_name", "model_version", "algorithm", "k").first()
+    if first is None:
+        raise StageInputError(
+            f"{ctx.store.name(Table.SEGMENT_ASSIGNMENTS)} has no rows of run {ctx.run_id} for {as_of}: "
+            f"run the segment stage first (seg-spark run --stage segment --run-id {ctx.run_id})"
+        )
+    return first

@@ -18,9 +18,8 @@ from pyspark import StorageLevel
 from pyspark.sql import DataFrame
 
 from seg_spark.context import RunContext
-from seg_spark.errors import StageInputError
 from seg_spark.models import clustering
-from seg_spark.stages import StageResult, features_of
+from seg_spark.stages import StageResult, assignments_of, features_of, model_of
 from seg_spark.stages.explain import drivers, naming, profiles, report
 from seg_spark.stages.explain.schema import PROFILES_TABLE
 from seg_spark.tables import Table, where
@@ -77,19 +76,10 @@ def run(ctx: RunContext) -> ExplainStageResult:
             stage="explain", rows_in=None, rows_out=None, tables=(), as_of_date=as_of,
             names=(), surrogate_accuracy=None, report_path=None,
         )  # fmt: skip
-    assignments = (
-        ctx.store.require(Table.SEGMENT_ASSIGNMENTS, "segment")
-        .filter(where(as_of_date=as_of, run_id=ctx.run_id).column())
-        .select("customer_id", "segment_id", "segment_probability", "algorithm", "k", "model_version")
-    )
-    model = assignments.select("algorithm", "k", "model_version").first()
-    if model is None:
-        raise StageInputError(
-            f"{ctx.store.name(Table.SEGMENT_ASSIGNMENTS)} has no rows of run {ctx.run_id} for {as_of}: "
-            f"run the segment stage first (seg-spark run --stage segment --run-id {ctx.run_id})"
-        )
+    assignments = assignments_of(ctx, as_of)
+    model = model_of(ctx, as_of, assignments)
     features = features_of(ctx, as_of).drop("run_id", "as_of_date")
-    labelled = assignments.drop("algorithm", "k", "model_version").join(features, "customer_id")
+    labelled = assignments.select("customer_id", "segment_id", "segment_probability").join(features, "customer_id")
     labelled = labelled.persist(StorageLevel.MEMORY_AND_DISK)
     try:
         found, surrogate = _explain(ctx, labelled, features, model["algorithm"])

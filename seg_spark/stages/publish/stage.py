@@ -35,7 +35,7 @@ from seg_spark.context import RunContext
 from seg_spark.errors import StageInputError
 from seg_spark.models import clustering
 from seg_spark.runs import SUCCEEDED
-from seg_spark.stages import StageResult
+from seg_spark.stages import StageResult, assignments_of, model_of
 from seg_spark.stages.publish import history, identity
 from seg_spark.stages.publish.schema import CONSUMER_TABLES
 from seg_spark.tables import Table, sql_literal, where
@@ -91,12 +91,7 @@ def run(ctx: RunContext) -> PublishStageResult:
     """
     as_of = ctx.as_of_date("publish")
     _require_segmented(ctx)
-    store = ctx.store
-    assignments = (
-        store.require(Table.SEGMENT_ASSIGNMENTS, "segment")
-        .filter(where(as_of_date=as_of, run_id=ctx.run_id).column())
-        .persist(StorageLevel.MEMORY_AND_DISK)
-    )
+    assignments = assignments_of(ctx, as_of).persist(StorageLevel.MEMORY_AND_DISK)
     try:
         return _publish(ctx, as_of, assignments)
     finally:
@@ -105,12 +100,7 @@ def run(ctx: RunContext) -> PublishStageResult:
 
 def _publish(ctx: RunContext, as_of: date, assignments: DataFrame) -> PublishStageResult:
     store, settings = ctx.store, ctx.settings
-    first = assignments.select("model_name", "model_version", "algorithm", "k").first()
-    if first is None:
-        raise StageInputError(
-            f"{store.name(Table.SEGMENT_ASSIGNMENTS)} has no rows of run {ctx.run_id} for {as_of}: "
-            f"run the segment stage first (seg-spark run --stage segment --run-id {ctx.run_id})"
-        )
+    first = model_of(ctx, as_of, assignments)
     for definition in CONSUMER_TABLES:
         store.create_table(definition)
     previous_as_of, latest = _published_around(ctx, as_of)
