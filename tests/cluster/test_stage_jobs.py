@@ -76,10 +76,18 @@ def _package_zip(target: Path) -> Path:
 
 
 def _delta_jars() -> list[str]:
-    """The Delta JARs an earlier start resolved (skips Ivy's resolution in each job), else the package."""
+    """The Delta JARs an earlier start resolved (skips Ivy's resolution in each job).
+
+    On a machine that never resolved them, one embedded start resolves them first: under get_spark's
+    lock, so it waits for (or takes the place of) the suite's own session resolving them at the same time.
+    """
     packages = delta_packages()
+    if cached_jars(packages) is None:
+        resolve = "from seg_spark.session import get_spark; get_spark().stop()"
+        subprocess.run([sys.executable, "-c", resolve], cwd=REPO, env=ENV, check=True, capture_output=True)
     jars = cached_jars(packages)
-    return ["--jars", jars] if jars else ["--packages", packages]
+    assert jars, f"Delta's JARs ({packages}) could not be resolved"
+    return ["--jars", jars]
 
 
 def _command(job: str, run_id: str, overrides: list[str], package: Path) -> list[str]:
@@ -112,7 +120,7 @@ def _command(job: str, run_id: str, overrides: list[str], package: Path) -> list
         # the code cache to 48 MB, which Spark fills ("CodeCache is full. Compiler has been
         # disabled"), so it gets the tiered default back.
         "--driver-java-options",
-        "-XX:TieredStopAtLevel=1 -XX:ReservedCodeCacheSize=240m",
+        "-XX:TieredStopAtLevel=1 -XX:ReservedCodeCacheSize=240m -XX:+UseParallelGC",
         "--py-files",
         str(package),
         str(REPO / "jobs" / f"{job}.py"),

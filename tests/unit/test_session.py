@@ -1,3 +1,4 @@
+import fcntl
 import os
 from types import SimpleNamespace
 
@@ -7,6 +8,7 @@ from seg_spark.config import SparkSettings
 from seg_spark.session import (
     LOG4J_PROFILE,
     _jar_cache,
+    _resolving,
     cached_jars,
     embedded_conf,
     get_spark,
@@ -56,6 +58,7 @@ def test_the_quiet_log_profile_is_used_unless_spark_output_is_asked_for():
     assert LOG4J_PROFILE.is_file() and "seg_spark.log_level" in LOG4J_PROFILE.read_text()
     chatty = embedded_conf(SparkSettings(log_level="INFO"))["spark.driver.extraJavaOptions"]
     assert "log4j2.configurationFile" not in chatty and "-Duser.timezone=UTC" in chatty
+    assert "-XX:+UseParallelGC" in quiet and "-XX:+UseParallelGC" in chatty
 
 
 def test_resolved_jars_are_reused_only_while_every_file_is_there(monkeypatch, tmp_path):
@@ -71,6 +74,32 @@ def test_resolved_jars_are_reused_only_while_every_file_is_there(monkeypatch, tm
     assert cached_jars("io.delta:delta-spark_4.2_2.13:9.9.9") is None  # another version: resolve it
     jars[1].unlink()  # e.g. the Ivy cache was cleared: resolve again
     assert cached_jars("io.delta:delta-spark_4.2_2.13:4.4.0") is None
+
+
+def test_a_first_resolution_holds_a_lock_that_a_second_process_waits_for(monkeypatch, tmp_path):
+    """Ivy's cache breaks when two processes resolve at once: the first start on a machine holds a lock
+    until the JARs are remembered, and a start that already finds them takes no lock."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    packages = "io.delta:delta-spark_4.2_2.13:4.4.0"
+    lock = _jar_cache(packages).with_suffix(".lock")
+
+    def lock_is_free() -> bool:
+        with lock.open("a") as other:  # another open file description, as another process has
+            try:
+                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            fcntl.flock(other, fcntl.LOCK_UN)
+            return True
+
+    with _resolving(packages) as cached:
+        assert cached is None and not lock_is_free()
+        jar = tmp_path / "delta.jar"
+        jar.write_bytes(b"PK")
+        _jar_cache(packages).write_text(f"file://{jar}")  # what get_spark remembers once resolved
+    assert lock_is_free()
+    with _resolving(packages) as cached:
+        assert cached == f"file://{jar}" and lock_is_free()
 
 
 @pytest.mark.parametrize(
