@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from enum import StrEnum
+from functools import partial
 from typing import Any, TypeVar
 
 from pyspark.sql import Column, DataFrame, SparkSession
@@ -467,6 +468,30 @@ class TableStore:
             return
         with conf_set(self.spark, "spark.databricks.delta.commitInfo.userMetadata", json.dumps(self.commit_tag)):
             yield
+
+    def add_columns(self, table: Table, columns: Mapping[str, str], constraints: Mapping[str, str]) -> list[str]:
+        """Add the ``columns`` a table lacks (name -> DDL with its comment), then their CHECK ``constraints``.
+
+        Args:
+            table: The table (it must exist).
+            columns: The columns it should have.
+            constraints: CHECK constraints on those columns (name -> condition), added with them.
+
+        Returns:
+            The columns added; none (and no commit) when the table has them all.
+        """
+        present = set(self.read(table).columns)
+        missing = {name: ddl for name, ddl in columns.items() if name not in present}
+        if not missing:
+            return []
+        location = self._sql_name(table)
+        statements = [f"ALTER TABLE {location} ADD COLUMNS ({', '.join(missing.values())})"]
+        statements += [f"ALTER TABLE {location} ADD CONSTRAINT {n} CHECK ({c})" for n, c in constraints.items()]
+        self.committed.add(table)
+        with self._commit_metadata():
+            for statement in statements:
+                self._committing(table, "adding columns", partial(self.spark.sql, statement))
+        return list(missing)
 
     def enable_change_feed(self, table: Table) -> None:
         """Record the table's row changes (for incremental readers); no-op when already on."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import date
 from pathlib import Path
@@ -43,26 +43,40 @@ SHORT_JVM = {
 # run in these threads, side by side and at the lowest priority, while the in-process tests run,
 # and the tests that check them run last.
 BACKGROUND = pytest.StashKey[Future]()
-_background = ThreadPoolExecutor(max_workers=2, thread_name_prefix="background-jobs")
+_background = ThreadPoolExecutor(max_workers=3, thread_name_prefix="background-jobs")
+
+
+def in_background(job: Callable[..., object], *args: object) -> Future:
+    """Start ``job(*args)`` beside the tests (e.g. a server a fixture's data feeds); a ``last`` test reads it."""
+    return _background.submit(job, *args)
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slow: end-to-end runs and subprocesses (skipped by make test-fast)")
     config.addinivalue_line(
+        "markers", "last: runs after the other tests (it reads what a fixture started with in_background)"
+    )
+    config.addinivalue_line(
         "markers",
-        "background(start): start(): run once at the start of the session beside the other tests; "
-        "the test runs last and reads the outcome from item.stash[BACKGROUND]",
+        "background(start): start(): run once at the start of the session beside the other tests (once for "
+        "all the tests naming it); the tests run last and read the outcome from item.stash[BACKGROUND]",
     )
 
 
 @pytest.hookimpl(trylast=True)  # after -m / -k deselection: start only what will run
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in [item for item in items if item.get_closest_marker("last")]:
+        items.remove(item)
+        items.append(item)
     waiting = [item for item in items if item.get_closest_marker("background")]
+    started: dict[Callable[[], object], Future] = {}  # tests of one module may share one start
     for item in waiting:
         items.remove(item)
         items.append(item)
         start = item.get_closest_marker("background").args[0]
-        item.stash[BACKGROUND] = _background.submit(start)
+        if start not in started:
+            started[start] = _background.submit(start)
+        item.stash[BACKGROUND] = started[start]
 
 
 @pytest.fixture(scope="session")

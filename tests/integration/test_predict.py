@@ -23,10 +23,8 @@ def test_every_customer_with_a_purchase_is_scored_once_with_finite_values(spark,
     features = _read(spark, e2e, "customer_features").filter("frequency > 0")
     assert scores.count() == scores.select("customer_id").distinct().count() == features.count()
     assert scores.join(features, "customer_id", "left_anti").isEmpty()
-    assert scores.select("run_id", "as_of_date", "time_unit", "horizon_months").distinct().collect() == [
-        (E2E_RUN, E2E_END, "week", 12)
-    ]
-    numbers = ["p_alive", "expected_purchases", "expected_order_value", "clv", "churn_probability"]
+    assert scores.select("run_id", "as_of_date", "time_unit").distinct().collect() == [(E2E_RUN, E2E_END, "week")]
+    numbers = ["p_alive", "expected_purchases_12m", "expected_order_value", "clv_12m", "churn_probability"]
     invalid = scores.filter(" OR ".join(f"{c} IS NULL OR isnan({c})" for c in numbers))
     assert invalid.isEmpty()
     bounds = scores.agg(*[F.min(c) for c in numbers], F.max("p_alive"), F.max("churn_probability")).first()
@@ -60,10 +58,10 @@ def test_scores_follow_the_recorded_parameters(spark, e2e):
         expected_purchases_and_p_alive(fits["bgnbd"], m * month, rows["repeat_purchases"], rows["recency"], rows["age"])
         for m in range(13)
     ]
-    assert np.allclose(rows["expected_purchases"], cumulative[12][0], rtol=1e-8)
+    assert np.allclose(rows["expected_purchases_12m"], cumulative[12][0], rtol=1e-8)
     assert np.allclose(rows["p_alive"], cumulative[12][1], rtol=1e-10)
     discounted = sum((cumulative[m][0] - cumulative[m - 1][0]) / 1.01**m for m in range(1, 13))
-    assert np.allclose(rows["clv"], rows["expected_order_value"] * discounted, rtol=1e-8)
+    assert np.allclose(rows["clv_12m"], rows["expected_order_value"] * discounted, rtol=1e-8)
     p, q, v = (fits["gamma_gamma"][n] for n in ("p", "q", "v"))
     one_time = rows["repeat_purchases"] == 0
     assert np.allclose(rows["expected_order_value"][one_time], p * v / (q - 1))
@@ -100,7 +98,7 @@ def test_segment_scores_sum_the_customer_scores_of_each_segment(spark, e2e):
         _read(spark, e2e, "customer_scores")
         .join(assignments, "customer_id")
         .groupBy("model_segment_id")
-        .agg(F.count(F.lit(1)).alias("customers"), F.sum("clv").alias("total"), F.avg("churn_probability"))
+        .agg(F.count(F.lit(1)).alias("customers"), F.sum("clv_12m").alias("total"), F.avg("churn_probability"))
         .orderBy("model_segment_id")
         .collect()
     )

@@ -67,11 +67,11 @@ def test_few_repeat_buyers_and_a_short_history_fall_back_as_documented(spark, tm
     assert "at least 10 repeat buyers with a positive mean value; found 8" in result.clv.fallback
     scores = {r["customer_id"]: r for r in ctx.store.read(Table.CUSTOMER_SCORES).collect()}
     assert len(scores) == 30
-    assert (scores["free"]["expected_order_value"], scores["free"]["clv"]) == (0.0, 0.0)
+    assert (scores["free"]["expected_order_value"], scores["free"]["clv_12m"]) == (0.0, 0.0)
     for customer, bought in days.items():
         row = scores[customer]
         assert row["expected_order_value"] == pytest.approx(sum(v for _, v in bought) / len(bought))
-        assert row["clv"] >= 0 and 0 <= row["p_alive"] <= 1 and row["expected_purchases"] > 0
+        assert row["clv_12m"] >= 0 and 0 <= row["p_alive"] <= 1 and row["expected_purchases_12m"] > 0
         assert row["churn_probability"] is None and row["churn_model"] is None
     parameters = ctx.store.read(Table.CLV_PARAMETERS).collect()
     assert {r["model"] for r in parameters} == {"bgnbd"} and {r["fallback"] for r in parameters} == {
@@ -84,6 +84,29 @@ def test_few_repeat_buyers_and_a_short_history_fall_back_as_documented(spark, tm
     segments = ctx.store.read(Table.SEGMENT_SCORES).orderBy("model_segment_id").collect()
     assert [r["customers"] for r in segments] == [15, 15]
     assert all(r["mean_churn_probability"] is None and r["mean_clv"] > 0 for r in segments)
+
+
+def test_another_horizon_adds_its_columns_with_comments_and_constraints(spark, tmp_path):
+    # Thirty customers, half buying three times over two months; churn plays no part here.
+    days = {f"c{i:02d}": [(i, 10.0 + i)] + ([(i + 20, 30.0), (i + 35, 50.0)] if i % 2 else []) for i in range(30)}
+    run(_context(spark, tmp_path, days, "predict.churn.enabled=false"))
+    ctx = _context(spark, tmp_path, days, "predict.churn.enabled=false", "predict.clv.horizon_months=6")
+    run(ctx)
+
+    path = ctx.store.path(Table.CUSTOMER_SCORES)
+    described = {r["col_name"]: r["comment"] for r in spark.sql(f"DESCRIBE TABLE delta.`{path}`").collect()}
+    assert "next 6 months" in described["clv_6m"] and "next 6 months" in described["expected_purchases_6m"]
+    assert "next 12 months" in described["clv_12m"] and "clv" not in described
+    properties = dict(spark.sql(f"SHOW TBLPROPERTIES delta.`{path}`").collect())
+    assert properties["delta.constraints.clv_6m_not_negative"] == "clv_6m IS NULL OR clv_6m >= 0"
+    assert "delta.constraints.clv_12m_not_negative" in properties
+    now = {r["customer_id"]: r for r in ctx.store.read(Table.CUSTOMER_SCORES).collect()}
+    before = {r["customer_id"]: r for r in ctx.store.read(Table.CUSTOMER_SCORES, 1).collect()}  # the 12-month run
+    assert len(now) == len(before) == 30
+    for customer, row in now.items():
+        assert row["clv_12m"] is None and row["expected_purchases_12m"] is None  # this run's horizon is 6 months
+        assert 0 < row["expected_purchases_6m"] < before[customer]["expected_purchases_12m"]
+        assert 0 < row["clv_6m"] < before[customer]["clv_12m"]
 
 
 def test_with_clv_and_churn_off_the_stage_writes_nothing(spark, tmp_path):

@@ -48,8 +48,15 @@ from seg_spark.models.clv import (
     require_converged,
     triple_forecasts,
 )
-from seg_spark.stages import StageResult, features_of
-from seg_spark.stages.predict.schema import SCORE_TABLES
+from seg_spark.stages import StageResult, assignments_of, features_of
+from seg_spark.stages.predict.schema import (
+    SEGMENT_SCORES,
+    clv_column,
+    customer_scores,
+    expected_purchases_column,
+    horizon_columns,
+    horizon_constraints,
+)
 from seg_spark.tables import Table, where
 from seg_spark.tracking import churn_model_name
 
@@ -157,8 +164,7 @@ def run(ctx: RunContext) -> PredictStageResult:
         )
     daily = ctx.store.require(Table.CUSTOMER_DAILY, "features")
     features = features_of(ctx, as_of)
-    for definition in SCORE_TABLES:
-        ctx.store.create_table(definition)
+    _create_score_tables(ctx)
     clv = _clv(ctx, daily, as_of) if settings.clv.enabled else None
     try:
         outcome = _churn(ctx, daily, features, as_of) if settings.churn.enabled else None
@@ -186,6 +192,17 @@ def run(ctx: RunContext) -> PredictStageResult:
         churn=outcome,
         segment_scores=tuple(by_segment),
     )
+
+
+def _create_score_tables(ctx: RunContext) -> None:
+    """Create the score tables on first use; a new CLV horizon adds its columns to ``customer_scores``."""
+    horizon = ctx.settings.predict.clv.horizon_months
+    if not ctx.store.create_table(customer_scores(horizon)):
+        added = ctx.store.add_columns(Table.CUSTOMER_SCORES, horizon_columns(horizon), horizon_constraints(horizon))
+        if added:
+            log.info("predict: %s gains the columns of a %d-month horizon: %s", Table.CUSTOMER_SCORES.value, horizon,
+                     ", ".join(added))  # fmt: skip
+    ctx.store.create_table(SEGMENT_SCORES)
 
 
 # --- CLV -------------------------------------------------------------------------------------------
@@ -500,7 +517,7 @@ def _customer_scores(
     """Every customer with a purchase before the as-of date, with the CLV and churn columns (null when off)."""
     settings = ctx.settings.predict.clv
     scored = features.filter(F.col("frequency") > 0).select("customer_id")
-    clv_columns = ["repeat_purchases", "recency", "age", "p_alive", "expected_purchases", "expected_order_value", "clv"]
+    clv_columns = ["repeat_purchases", "recency", "age", "p_alive", "expected_order_value", "expected_purchases", "clv"]
     if clv is not None:
         scored = scored.join(
             clv.scores.select(
@@ -524,8 +541,10 @@ def _customer_scores(
         F.col("repeat_purchases").cast("long").alias("repeat_purchases"),
         *[F.col(c).cast("double").alias(c) for c in clv_columns[1:3]],
         F.lit(settings.time_unit if clv else None).cast("string").alias("time_unit"),
-        *[F.col(c).cast("double").alias(c) for c in clv_columns[3:]],
-        F.lit(settings.horizon_months if clv else None).cast("int").alias("horizon_months"),
+        *[F.col(c).cast("double").alias(c) for c in clv_columns[3:5]],
+        # The horizon names its columns (the table's layout: schema.customer_scores).
+        F.col("expected_purchases").cast("double").alias(expected_purchases_column(settings.horizon_months)),
+        F.col("clv").cast("double").alias(clv_column(settings.horizon_months)),
         churn.PROBABILITY,
         F.lit(chosen.model if chosen else None).cast("string").alias("churn_model"),
         F.lit(outcome.model_version if chosen and outcome else None).cast("string").alias("churn_model_version"),
@@ -541,7 +560,9 @@ def _check_written(ctx: RunContext, as_of: date) -> None:
         ClvFitError: Some score is NaN or infinite.
     """
     written = ctx.store.read(Table.CUSTOMER_SCORES).filter(where(as_of_date=as_of).column())
-    numbers = ["p_alive", "expected_purchases", "expected_order_value", "clv", churn.PROBABILITY]
+    horizon = ctx.settings.predict.clv.horizon_months
+    numbers = ["p_alive", expected_purchases_column(horizon), "expected_order_value", clv_column(horizon)]
+    numbers.append(churn.PROBABILITY)
     bad = written.filter(reduce(lambda a, b: a | b, [F.isnan(c) | (F.abs(c) == float("inf")) for c in numbers])).limit(
         1
     )
@@ -554,20 +575,18 @@ def _check_written(ctx: RunContext, as_of: date) -> None:
 
 def _segment_scores(ctx: RunContext, as_of: date) -> list[dict[str, Any]]:
     """Value and risk per segment of the run (the model's segment ids), written and returned."""
-    assignments = (
-        ctx.store.require(Table.SEGMENT_ASSIGNMENTS, "segment")
-        .filter(where(as_of_date=as_of, run_id=ctx.run_id).column())
-        .select("customer_id", F.col("segment_id").alias("model_segment_id"))
-    )
+    assignments = assignments_of(ctx, as_of).select("customer_id", F.col("segment_id").alias("model_segment_id"))
     scores = ctx.store.read(Table.CUSTOMER_SCORES).filter(where(as_of_date=as_of).column())
+    horizon = ctx.settings.predict.clv.horizon_months
+    clv = clv_column(horizon)
     rows = (
         assignments.join(scores, "customer_id")
         .groupBy("model_segment_id")
         .agg(
             F.count(F.lit(1)).alias("customers"),
-            F.sum("clv").alias("total_clv"),
-            F.avg("clv").alias("mean_clv"),
-            F.avg("expected_purchases").alias("mean_expected_purchases"),
+            F.sum(clv).alias("total_clv"),
+            F.avg(clv).alias("mean_clv"),
+            F.avg(expected_purchases_column(horizon)).alias("mean_expected_purchases"),
             F.avg("p_alive").alias("mean_p_alive"),
             F.avg(churn.PROBABILITY).alias("mean_churn_probability"),
         )
