@@ -43,7 +43,8 @@ SHORT_JVM = {
 # run in these threads, side by side and at the lowest priority, while the in-process tests run,
 # and the tests that check them run last.
 BACKGROUND = pytest.StashKey[Future]()
-_background = ThreadPoolExecutor(max_workers=3, thread_name_prefix="background-jobs")
+# Enough threads that every job starts at once: at nice 19 they share what CPU the tests leave idle.
+_background = ThreadPoolExecutor(max_workers=6, thread_name_prefix="background-jobs")
 
 
 def in_background(job: Callable[..., object], *args: object) -> Future:

@@ -18,13 +18,17 @@ AS_OF = date(2025, 3, 1)
 FIRST = AS_OF - timedelta(days=60)  # two months of history
 
 
-def _context(spark, root: Path, days: dict[str, list[tuple[int, float]]], *overrides: str) -> RunContext:
-    """A warehouse holding what the features and segment stages leave for ``days`` (customer -> (day, value))."""
+def _bare_context(spark, root: Path, *overrides: str) -> RunContext:
     settings = load_config(
         [],
         [f"storage.root={root}", "tracking.enabled=false", "run.run_id=r1", f"features.as_of_date={AS_OF}", *overrides],
     )
-    ctx = RunContext.create(spark, settings)
+    return RunContext.create(spark, settings)
+
+
+def _context(spark, root: Path, days: dict[str, list[tuple[int, float]]], *overrides: str) -> RunContext:
+    """A warehouse holding what the features and segment stages leave for ``days`` (customer -> (day, value))."""
+    ctx = _bare_context(spark, root, *overrides)
     daily = [(c, FIRST + timedelta(days=d), 1, value) for c, bought in days.items() for d, value in bought]
     ctx.store.overwrite(
         Table.CUSTOMER_DAILY,
@@ -90,8 +94,8 @@ def test_another_horizon_adds_its_columns_with_comments_and_constraints(spark, t
     # Thirty customers, half buying three times over two months; churn plays no part here.
     days = {f"c{i:02d}": [(i, 10.0 + i)] + ([(i + 20, 30.0), (i + 35, 50.0)] if i % 2 else []) for i in range(30)}
     run(_context(spark, tmp_path, days, "predict.churn.enabled=false"))
-    ctx = _context(spark, tmp_path, days, "predict.churn.enabled=false", "predict.clv.horizon_months=6")
-    run(ctx)
+    ctx = _bare_context(spark, tmp_path, "predict.churn.enabled=false", "predict.clv.horizon_months=6")
+    run(ctx)  # the same run's inputs, scored again over six months
 
     path = ctx.store.path(Table.CUSTOMER_SCORES)
     described = {r["col_name"]: r["comment"] for r in spark.sql(f"DESCRIBE TABLE delta.`{path}`").collect()}
