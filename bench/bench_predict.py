@@ -10,7 +10,7 @@ predict stage with churn off (``predict.churn.enabled=false``) in one embedded S
 one (x, t_x, T) summary per customer, cached), the fit (distinct summaries to the driver, BG/NBD
 and Gamma-Gamma), the distinct summaries, and the whole stage (scoring and the four writes
 included). The fit's time should not grow with the customers beyond the compression pass.
-Churn at these sizes is not measured here (its point-in-time rows need the full daily schema).
+Churn is measured by ``bench_churn.py`` on a generated log (its point-in-time rows need the full daily schema).
 """
 
 from __future__ import annotations
