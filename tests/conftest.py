@@ -34,9 +34,16 @@ NO_EXPLAIN = ("explain.enabled=false",)
 # spark-submit: 15% less CPU). The in-process session is long-lived and keeps tiered compilation
 # (C1 alone made 17 of its tests 34% slower: 301 s against 224 s).
 # The parallel collector, as in the in-process session: G1's concurrent threads cost CPU the suite lacks.
+# Expressions interpreted, not compiled (NO_CODEGEN): the suite's tables are a few thousand rows, and
+# its JVMs run hundreds of distinct queries, each compiled by Janino and then by the JIT before it pays
+# back. A cold 400-customer ``seg-spark run``: 137 CPU-seconds against 176; the shared end-to-end
+# run's tests in process: 390 against 452. The product keeps code generation on.
+NO_CODEGEN = {"spark.sql.codegen.wholeStage": "false", "spark.sql.codegen.factoryMode": "NO_CODEGEN"}
 SHORT_JVM = {
     **os.environ,
     "JAVA_TOOL_OPTIONS": "-XX:TieredStopAtLevel=1 -XX:ReservedCodeCacheSize=240m -XX:+UseParallelGC",
+    # Read by PySpark when it launches its JVM (the notebook, ``seg-spark`` processes, the harness's runs).
+    "PYSPARK_SUBMIT_ARGS": " ".join(f"--conf {key}={value}" for key, value in NO_CODEGEN.items()) + " pyspark-shell",
 }
 
 # Subprocess jobs (spark-submit, the benchmark harness) spend most of their time starting JVMs; they
@@ -101,6 +108,7 @@ def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SparkSession]:
             # cost a quarter of every run (warm 400-customer runs: 24-26 s against 33-35 s).
             # The product keeps it on by default.
             "spark.sql.adaptive.enabled": "false",
+            **NO_CODEGEN,
         },
     )
     session = get_spark(settings)
