@@ -29,21 +29,24 @@ NO_PREDICT = ("predict.clv.enabled=false", "predict.churn.enabled=false")
 NO_EXPLAIN = ("explain.enabled=false",)
 
 
+# Expressions interpreted, not compiled, in every JVM of the suite: its tables are a few thousand rows,
+# and its JVMs run hundreds of distinct queries, each compiled by Janino and then by the JIT before it
+# pays back. A cold 400-customer ``seg-spark run``: 137 CPU-seconds against 176; the shared end-to-end
+# run's tests in process: 390 against 452. The product keeps code generation on.
+NO_CODEGEN = {"spark.sql.codegen.wholeStage": "false", "spark.sql.codegen.factoryMode": "NO_CODEGEN"}
+# The same settings as spark-submit arguments.
+NO_CODEGEN_ARGS = [arg for key, value in NO_CODEGEN.items() for arg in ("--conf", f"{key}={value}")]
+
 # Subprocess JVMs in the suite are short: C1 alone costs less CPU than tiered compilation (its code
 # cache sized back up to the default, which Spark fills; the stage jobs pass the same options to
 # spark-submit: 15% less CPU). The in-process session is long-lived and keeps tiered compilation
 # (C1 alone made 17 of its tests 34% slower: 301 s against 224 s).
 # The parallel collector, as in the in-process session: G1's concurrent threads cost CPU the suite lacks.
-# Expressions interpreted, not compiled (NO_CODEGEN): the suite's tables are a few thousand rows, and
-# its JVMs run hundreds of distinct queries, each compiled by Janino and then by the JIT before it pays
-# back. A cold 400-customer ``seg-spark run``: 137 CPU-seconds against 176; the shared end-to-end
-# run's tests in process: 390 against 452. The product keeps code generation on.
-NO_CODEGEN = {"spark.sql.codegen.wholeStage": "false", "spark.sql.codegen.factoryMode": "NO_CODEGEN"}
 SHORT_JVM = {
     **os.environ,
     "JAVA_TOOL_OPTIONS": "-XX:TieredStopAtLevel=1 -XX:ReservedCodeCacheSize=240m -XX:+UseParallelGC",
     # Read by PySpark when it launches its JVM (the notebook, ``seg-spark`` processes, the harness's runs).
-    "PYSPARK_SUBMIT_ARGS": " ".join(f"--conf {key}={value}" for key, value in NO_CODEGEN.items()) + " pyspark-shell",
+    "PYSPARK_SUBMIT_ARGS": " ".join([*NO_CODEGEN_ARGS, "pyspark-shell"]),
 }
 
 # Subprocess jobs (spark-submit, the benchmark harness) spend most of their time starting JVMs; they
