@@ -636,6 +636,13 @@ class ChurnSettings(_Strict):
     lr_reg_param: float = Field(default=0.01, ge=0)
     gbt_max_iter: int = Field(default=30, ge=1)
     gbt_max_depth: int = Field(default=4, ge=1, le=30)
+    parallel_fits: int = Field(
+        default=2,
+        ge=1,
+        description="Candidates fitted at once (Spark runs the jobs of several driver threads side by side): "
+        "each fit is a chain of short jobs, one per iteration, that leaves cores idle. The results do not "
+        "depend on it.",
+    )
     seed: int = 42
 
 

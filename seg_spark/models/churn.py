@@ -11,6 +11,8 @@ Spark: the probabilities are read from the model's probability vector with ``vec
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -27,6 +29,9 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from seg_spark.config import ChurnSettings
+from seg_spark.models.clustering import in_parallel
+
+log = logging.getLogger(__name__)
 
 LABEL = "churned"
 PROBABILITY = "churn_probability"
@@ -132,6 +137,34 @@ def churn_probability(model: PipelineModel) -> Callable[[DataFrame], DataFrame]:
         return model.transform(frame).select(*frame.columns, probability)
 
     return transform
+
+
+def evaluate_candidates(
+    training: DataFrame, evaluation: DataFrame, columns: Sequence[str], settings: ChurnSettings
+) -> tuple[Evaluation, ...]:
+    """Fit each candidate on the training rows and judge it on the evaluation rows.
+
+    ``settings.parallel_fits`` candidates are fitted at once; each depends only on its rows and
+    its seed, so side by side they give what one after another would.
+
+    Returns:
+        The evaluations, in the order of ``settings.models``.
+    """
+
+    def fit_and_evaluate(name: str) -> Evaluation:
+        started = time.monotonic()
+        result = evaluate(name, candidate(name, columns, settings).fit(training), evaluation, columns)
+        seconds = time.monotonic() - started
+        log.info(
+            "churn candidate %s: out-of-time AUC-ROC %.3f, AUC-PR %.3f (%.1fs)",
+            name,
+            result.auc_roc,
+            result.auc_pr,
+            seconds,
+        )
+        return result
+
+    return tuple(in_parallel(fit_and_evaluate, list(settings.models), settings.parallel_fits))
 
 
 def evaluate(name: str, fitted: PipelineModel, evaluation: DataFrame, columns: Sequence[str]) -> Evaluation:

@@ -66,14 +66,26 @@ def frames(spark):
     return rows(600, 0), rows(400, 10_000)
 
 
-@pytest.mark.parametrize("model", ["logistic_regression", "gbt"])
-def test_out_of_time_metrics_equal_scikit_learn_on_the_same_probabilities(spark, frames, model):
+def _candidates(frames, parallel_fits: int) -> tuple[churn.Evaluation, ...]:
     training, evaluation = frames
-    settings = load_config([], ["predict.churn.gbt_max_iter=5"]).predict.churn
+    overrides = ["predict.churn.gbt_max_iter=5", f"predict.churn.parallel_fits={parallel_fits}"]
+    settings = load_config([], overrides).predict.churn
+    return churn.evaluate_candidates(training, evaluation, churn.feature_columns(training), settings)
+
+
+@pytest.fixture(scope="module")
+def one_after_another(frames) -> dict[str, churn.Evaluation]:
+    """Both candidates fitted and judged one after the other."""
+    return {result.model: result for result in _candidates(frames, parallel_fits=1)}
+
+
+@pytest.mark.parametrize("model", ["logistic_regression", "gbt"])
+def test_out_of_time_metrics_equal_scikit_learn_on_the_same_probabilities(spark, frames, one_after_another, model):
+    training, evaluation = frames
     columns = churn.feature_columns(training)
     assert columns == ["monetary", "recency_days"]
-    fitted = churn.candidate(model, columns, settings).fit(training)
-    result = churn.evaluate(model, fitted, evaluation, columns)
+    result = one_after_another[model]
+    fitted = result.fitted
 
     scored = evaluation.transform(churn.churn_probability(fitted))
     plan = scored._jdf.queryExecution().executedPlan().toString()
@@ -93,3 +105,18 @@ def test_out_of_time_metrics_equal_scikit_learn_on_the_same_probabilities(spark,
     assert result.calibration[0]["observed"] < result.calibration[-1]["observed"]
     assert {i["feature"] for i in result.importances} == set(columns)
     assert result.importances[0]["feature"] == "recency_days"
+
+
+def test_candidates_fitted_side_by_side_equal_those_fitted_one_after_another(frames, one_after_another):
+    side_by_side = _candidates(frames, parallel_fits=2)
+    assert [result.model for result in side_by_side] == ["logistic_regression", "gbt"]  # the configured order
+    # Equal up to rounding: Spark sums the tasks' partial results in the order they finish, in either case.
+    for result in side_by_side:
+        alone = one_after_another[result.model]
+        assert (result.auc_roc, result.auc_pr, result.base_rate) == pytest.approx(
+            (alone.auc_roc, alone.auc_pr, alone.base_rate), rel=1e-12
+        )
+        assert [row["customers"] for row in result.calibration] == [row["customers"] for row in alone.calibration]
+        for got, want in zip(result.calibration, alone.calibration, strict=True):
+            assert got == pytest.approx(want, rel=1e-12)
+        assert [i["feature"] for i in result.importances] == [i["feature"] for i in alone.importances]

@@ -31,7 +31,7 @@ from pyspark import StorageLevel
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from seg_spark.config import ChurnSettings, ClvSettings
+from seg_spark.config import ClvSettings
 from seg_spark.context import RunContext
 from seg_spark.features.behaviour import features_from_state, mix_keys
 from seg_spark.features.repeat import TIME_UNIT_DAYS, summaries_from_days
@@ -369,7 +369,7 @@ def _churn(ctx: RunContext, daily: DataFrame, current: DataFrame, as_of: date) -
         )
         if training_rows > settings.max_training_rows:
             training = training.sample(fraction=settings.max_training_rows / training_rows, seed=settings.seed)
-        evaluations = tuple(_candidate(name, training, evaluation, columns, settings) for name in settings.models)
+        evaluations = churn.evaluate_candidates(training, evaluation, columns, settings)
     finally:
         training.unpersist()
         evaluation.unpersist()
@@ -390,22 +390,6 @@ def _churn(ctx: RunContext, daily: DataFrame, current: DataFrame, as_of: date) -
     )
     _write_evaluation(ctx, as_of, outcome)
     return outcome
-
-
-def _candidate(
-    name: str, training: DataFrame, evaluation: DataFrame, columns: list[str], settings: ChurnSettings
-) -> churn.Evaluation:
-    """Fit one candidate on the training rows and judge it on the evaluation rows."""
-    started = time.monotonic()
-    result = churn.evaluate(name, churn.candidate(name, columns, settings).fit(training), evaluation, columns)
-    log.info(
-        "churn candidate %s: out-of-time AUC-ROC %.3f, AUC-PR %.3f (%.1fs)",
-        name,
-        result.auc_roc,
-        result.auc_pr,
-        time.monotonic() - started,
-    )
-    return result
 
 
 def _labelled_frames(ctx: RunContext, daily: DataFrame, dates: tuple[date, ...], columns: list[str]) -> list[DataFrame]:
