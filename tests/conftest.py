@@ -42,9 +42,10 @@ NO_CODEGEN_ARGS = [arg for key, value in NO_CODEGEN.items() for arg in ("--conf"
 # spark-submit: 15% less CPU). The in-process session is long-lived and keeps tiered compilation
 # (C1 alone made 17 of its tests 34% slower: 301 s against 224 s).
 # The parallel collector, as in the in-process session: G1's concurrent threads cost CPU the suite lacks.
+SHORT_JVM_OPTIONS = "-XX:TieredStopAtLevel=1 -XX:ReservedCodeCacheSize=240m -XX:+UseParallelGC"
 SHORT_JVM = {
     **os.environ,
-    "JAVA_TOOL_OPTIONS": "-XX:TieredStopAtLevel=1 -XX:ReservedCodeCacheSize=240m -XX:+UseParallelGC",
+    "JAVA_TOOL_OPTIONS": SHORT_JVM_OPTIONS,
     # Read by PySpark when it launches its JVM (the notebook, ``seg-spark`` processes, the harness's runs).
     "PYSPARK_SUBMIT_ARGS": " ".join([*NO_CODEGEN_ARGS, "pyspark-shell"]),
 }

@@ -35,7 +35,7 @@ from seg_spark.session import cached_jars, delta_packages
 from seg_spark.tables import Table, TableStore
 from seg_spark.tracking import resolve_tracking_uri
 
-from conftest import BACKGROUND, NO_CODEGEN_ARGS
+from conftest import BACKGROUND, NO_CODEGEN_ARGS, SHORT_JVM_OPTIONS
 from killing import commit_info, stage_began, versions, wait_until
 
 pytestmark = pytest.mark.slow
@@ -121,7 +121,7 @@ def _command(job: str, run_id: str, overrides: list[str], package: Path) -> list
         # the code cache to 48 MB, which Spark fills ("CodeCache is full. Compiler has been
         # disabled"), so it gets the tiered default back.
         "--driver-java-options",
-        "-XX:TieredStopAtLevel=1 -XX:ReservedCodeCacheSize=240m -XX:+UseParallelGC",
+        SHORT_JVM_OPTIONS,
         "--py-files",
         str(package),
         str(REPO / "jobs" / f"{job}.py"),
