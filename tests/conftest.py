@@ -80,6 +80,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in [item for item in items if item.get_closest_marker("last")]:
         items.remove(item)
         items.append(item)
+    if config.option.collectonly:  # nothing will run: start nothing (the session would wait for it at exit)
+        return
     waiting = [item for item in items if item.get_closest_marker("background")]
     started: dict[Callable[[], object], Future] = {}  # tests of one module may share one start
     for item in waiting:
