@@ -537,7 +537,14 @@ class ModelSettings(_Strict):
         "local optimum.",
     )
     fit_timeout_seconds: float = Field(
-        default=1800, gt=0, description="Wall-clock limit per fit; a fit over it is cancelled and reported."
+        default=1800, gt=0, description="Wall-clock limit per fit attempt; an attempt over it is cancelled."
+    )
+    fit_attempts: int = Field(
+        default=2,
+        ge=1,
+        description="Attempts per fit: one past fit_timeout_seconds is cancelled (its JVM task threads logged) "
+        "and the same seeded fit started again, as a fit that long has usually stopped progressing; after the "
+        "last the candidate is rejected (or the run fails, for the final fit).",
     )
     parallel_fits: int = Field(
         default=2,

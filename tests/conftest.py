@@ -154,6 +154,8 @@ def e2e_settings(root: Path, *overrides: str) -> Settings:
             "predict.churn.horizon_days=30",
             "predict.churn.training_dates=1",
             "predict.churn.gbt_max_iter=10",
+            # Every fit here takes seconds: a stuck one is cancelled and started again after 5 minutes, not 30.
+            "model.fit_timeout_seconds=300",
             *overrides,
         ],
     )

@@ -175,9 +175,52 @@ def _checked_k(rows: int, bad: int, count_distinct: Callable[[], int], k: int, a
     return k
 
 
-def run_with_time_limit(spark: SparkSession, seconds: float, description: str, action: Callable[[], T]) -> T:
-    """Run ``action`` (Spark jobs) in a job group; cancel the group and raise if it runs past ``seconds``."""
-    group = f"seg-spark-{uuid.uuid4().hex[:12]}"
+def run_with_time_limit(
+    spark: SparkSession, seconds: float, description: str, action: Callable[[], T], attempts: int = 1
+) -> T:
+    """Run ``action`` (Spark jobs) in a job group, cancelling the group if it runs past ``seconds``.
+
+    A fit past the limit is usually stuck rather than slow (a job whose tasks stopped
+    progressing), and a fresh attempt of the same seeded fit gives the same model, so up to
+    ``attempts`` are made. Each cancelled attempt logs the JVM's task threads first: the
+    stack that stopped is the only evidence a hang leaves.
+
+    Raises:
+        FitTimeoutError: Every attempt ran past ``seconds``.
+    """
+    for attempt in range(1, attempts + 1):
+        group = f"seg-spark-{uuid.uuid4().hex[:12]}"
+        finished, outcome = _start_in_job_group(spark, group, description, action)
+        if finished.wait(seconds):
+            if "error" in outcome:
+                raise outcome["error"]
+            return cast(T, outcome["value"])
+        log.warning(
+            "%s: attempt %d of %d ran past %gs; the JVM's task threads:\n%s",
+            description,
+            attempt,
+            attempts,
+            seconds,
+            task_thread_dump(spark),
+        )
+        spark.sparkContext.cancelJobGroup(group)
+        finished.wait(30)
+    raise FitTimeoutError(
+        f"{description} did not finish within model.fit_timeout_seconds = {seconds:g}s "
+        f"({attempts} attempt(s), model.fit_attempts) and was cancelled; "
+        "raise the limit, lower model.max_iter, or fit on fewer customers"
+    )
+
+
+def fit_with_time_limit(spark: SparkSession, settings: ModelSettings, description: str, fit: Callable[[], T]) -> T:
+    """``run_with_time_limit`` with the ``model`` section's limit and attempts."""
+    return run_with_time_limit(spark, settings.fit_timeout_seconds, description, fit, settings.fit_attempts)
+
+
+def _start_in_job_group(
+    spark: SparkSession, group: str, description: str, action: Callable[[], T]
+) -> tuple[threading.Event, dict[str, Any]]:
+    """Start ``action`` on a thread whose Spark jobs belong to ``group``; the event is set when it ends."""
     outcome: dict[str, Any] = {}
     finished = threading.Event()
 
@@ -191,16 +234,24 @@ def run_with_time_limit(spark: SparkSession, seconds: float, description: str, a
             finished.set()
 
     InheritableThread(target=target, daemon=True).start()
-    if not finished.wait(seconds):
-        spark.sparkContext.cancelJobGroup(group)
-        finished.wait(30)
-        raise FitTimeoutError(
-            f"{description} did not finish within model.fit_timeout_seconds = {seconds:g}s and was cancelled; "
-            "raise the limit, lower model.max_iter, or fit on fewer customers"
-        )
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["value"]
+    return finished, outcome
+
+
+def task_thread_dump(spark: SparkSession, frames: int = 40) -> str:
+    """The stacks of the driver JVM's task, scheduler and block-manager threads (best effort)."""
+    wanted = ("Executor task launch", "dag-scheduler", "block-manager", "dispatcher", "seg-spark")
+    try:
+        jvm: Any = spark.sparkContext._jvm  # py4j is the only way to the JVM's threads
+        threads = jvm.java.lang.management.ManagementFactory.getThreadMXBean().dumpAllThreads(True, True)
+        lines = []
+        for info in threads:
+            if not any(name in info.getThreadName() for name in wanted):
+                continue
+            lines.append(f'"{info.getThreadName()}" {info.getThreadState()} on {info.getLockName()}')
+            lines += [f"    at {frame}" for frame in list(info.getStackTrace())[:frames]]
+        return "\n".join(lines) or "(no task threads)"
+    except Exception as exc:  # a dump must never hide the timeout it explains
+        return f"(thread dump unavailable: {exc})"
 
 
 def in_parallel(fit: Callable[[T], R], items: Sequence[T], workers: int) -> list[R]:
@@ -292,9 +343,7 @@ def fit_clusterer(
     if algorithm == "kmeans":
         return _fit_kmeans(spark, vectors, k, settings, seed)
     estimator = make_clusterer(algorithm, k, settings, seed)
-    return run_with_time_limit(
-        spark, settings.fit_timeout_seconds, f"{algorithm} k={k}", lambda: estimator.fit(vectors)
-    )
+    return fit_with_time_limit(spark, settings, f"{algorithm} k={k}", lambda: estimator.fit(vectors))
 
 
 def fit_kmeans_on_driver(
@@ -383,7 +432,7 @@ def _fit_kmeans(spark: SparkSession, vectors: DataFrame, k: int, settings: Model
         estimator = make_clusterer("kmeans", k, settings, seed + restart)
         description = f"kmeans k={k} start {restart + 1}/{settings.kmeans_restarts}"
         fit = functools.partial(estimator.fit, vectors)
-        return run_with_time_limit(spark, settings.fit_timeout_seconds, description, fit)
+        return fit_with_time_limit(spark, settings, description, fit)
 
     starts = in_parallel(start, list(range(settings.kmeans_restarts)), settings.parallel_fits)
     return min(starts, key=lambda model: cast(KMeansModel, model).summary.trainingCost)
@@ -404,9 +453,9 @@ def _fit_mixture(spark: SparkSession, vectors: DataFrame, k: int, settings: Mode
     try:
         for restart in range(settings.gmm_restarts):
             estimator = make_clusterer("gaussian_mixture", k, settings, seed + restart)
-            model = run_with_time_limit(
+            model = fit_with_time_limit(
                 spark,
-                settings.fit_timeout_seconds,
+                settings,
                 f"gaussian_mixture k={k} start {restart + 1}/{settings.gmm_restarts}",
                 functools.partial(estimator.fit, training),
             )

@@ -161,10 +161,27 @@ def test_a_fit_past_the_time_limit_is_cancelled(spark):
         return spark.sparkContext.parallelize([1], 1).map(lambda x: time.sleep(120) or x).count()
 
     started = time.monotonic()
-    with pytest.raises(clustering.FitTimeoutError, match="fit_timeout_seconds = 2s"):
+    with pytest.raises(clustering.FitTimeoutError, match=r"fit_timeout_seconds = 2s \(1 attempt"):
         clustering.run_with_time_limit(spark, 2, "a slow job", slow)
     assert time.monotonic() - started < 60
     assert spark.range(3).count() == 3  # the session is still usable
+
+
+def test_a_stuck_fit_is_logged_with_its_task_threads_and_started_again(spark, caplog):
+    attempts = []
+
+    def stuck_once():
+        attempts.append(time.monotonic())
+        pause = 120 if len(attempts) == 1 else 0
+        return spark.sparkContext.parallelize([7], 1).map(lambda x: time.sleep(pause) or x).sum()
+
+    with caplog.at_level("WARNING", logger="seg_spark.models.clustering"):
+        assert clustering.run_with_time_limit(spark, 3, "a stuck job", stuck_once, attempts=2) == 7
+    assert len(attempts) == 2 and attempts[1] - attempts[0] < 60
+    assert "a stuck job: attempt 1 of 2 ran past 3s" in caplog.text
+    # The stuck task's thread and where it waits (reading the Python worker that sleeps).
+    assert '"Executor task launch worker for task' in caplog.text
+    assert "PythonRunner" in caplog.text
 
 
 @pytest.mark.parametrize("algorithm", ["kmeans", "bisecting_kmeans", "gaussian_mixture"])

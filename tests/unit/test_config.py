@@ -50,8 +50,8 @@ def test_unknown_key_names_path_and_allowed_keys(tmp_path):
     message = str(err.value)
     assert "model.kk: unknown key" in message
     assert (
-        "allowed keys here: algorithm, features, fit_timeout_seconds, gmm_regularization, gmm_restarts, k, "
-        "kmeans_restarts, max_iter" in message
+        "allowed keys here: algorithm, features, fit_attempts, fit_timeout_seconds, gmm_regularization, gmm_restarts, "
+        "k, kmeans_restarts, max_iter" in message
     )
     assert str(bad) in message
 
