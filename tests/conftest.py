@@ -3,6 +3,7 @@ Delta, temporary warehouse), MLflow kept off the developer's store, and one shar
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections.abc import Callable, Iterator
@@ -159,6 +160,12 @@ def e2e_settings(root: Path, *overrides: str) -> Settings:
             *overrides,
         ],
     )
+
+
+def statistics_columns(spark: SparkSession, table_path: str, version: int) -> set[str]:
+    """The columns a Delta commit's added files carry min/max statistics for."""
+    commit = spark.read.json(f"{table_path}/_delta_log/{version:020d}.json").where("add IS NOT NULL")
+    return {name for row in commit.select("add.stats").collect() for name in json.loads(row.stats)["minValues"]}
 
 
 @pytest.fixture(scope="session")

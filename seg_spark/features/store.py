@@ -41,6 +41,9 @@ log = logging.getLogger(__name__)
 TX_DATE = "tx_date"
 TX_MONTH = "tx_month"  # the partition column of transactions_clean
 DAILY_MONTH = "month"  # the partition column of customer_daily
+# Statistics only on the columns reads filter on (forget: customer_id; the state: day): the day
+# rows hold about twenty more (1M lines' 356k day rows, warm: 3.9 s to write against 2.6 s).
+DAILY_PROPERTIES = {"delta.dataSkippingStatsColumns": "customer_id,day"}
 LOG_SCHEMA = T.StructType(
     [
         T.StructField("run_id", T.StringType()),
@@ -162,7 +165,9 @@ def refresh_daily(
     n_days = 0
     if mode == "full":
         fresh = daily_aggregates(prepare(clean.select(*INPUT_COLUMNS)))
-        store.overwrite(Table.CUSTOMER_DAILY, _with_month(fresh), partition_by=[DAILY_MONTH])
+        store.overwrite(
+            Table.CUSTOMER_DAILY, _with_month(fresh), partition_by=[DAILY_MONTH], table_properties=DAILY_PROPERTIES
+        )
         bounds = clean.agg(F.min(TX_DATE), F.max(TX_DATE), F.countDistinct(TX_DATE)).first()
         if bounds is not None:
             first_day, last_day, n_days = bounds[0], bounds[1], int(bounds[2])

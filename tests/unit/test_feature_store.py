@@ -13,6 +13,8 @@ from seg_spark.features.daily import daily_aggregates
 from seg_spark.features.state import advance_state, state_from_daily
 from seg_spark.tables import Table, TableStore
 
+from conftest import statistics_columns
+
 START, DAYS = date(2024, 1, 1), 100
 AS_OF = START + timedelta(days=DAYS)
 NOW = datetime(2024, 6, 1, tzinfo=UTC)
@@ -153,6 +155,8 @@ def test_a_replaced_snapshot_triggers_a_full_refresh(spark, lines, tmp_path):
         tables.enable_change_feed(Table.TRANSACTIONS_CLEAN)
         result = store.refresh_daily(tables, refresh="incremental", run_id="t", now=NOW)
     assert result.mode == "full" and "replaced" in result.reason
+    daily = tables.path(Table.CUSTOMER_DAILY)
+    assert statistics_columns(spark, daily, tables.version(Table.CUSTOMER_DAILY)) == {"customer_id", "day"}
 
 
 def test_future_events_never_leak_into_any_feature(spark, lines):

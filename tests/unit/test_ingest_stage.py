@@ -15,6 +15,8 @@ from seg_spark.runs import RunManifest
 from seg_spark.tables import Table, TableStore
 from seg_spark.tracking import configure, resolve_tracking_uri
 
+from conftest import statistics_columns
+
 pytestmark = pytest.mark.slow  # whole ingest runs through the pipeline
 
 HEADER = "order,customer,when,product,qty,price\n"
@@ -157,6 +159,8 @@ def test_a_snapshot_rewrites_only_the_months_whose_lines_changed(spark, tmp_path
     store = TableStore(spark, _settings(tmp_path, source, "snap-1"))
     first = store.version(Table.TRANSACTIONS_CLEAN)
     assert first == 0  # created with its change feed on in the same commit (changed_days below reads it)
+    path = store.path(Table.TRANSACTIONS_CLEAN)
+    assert statistics_columns(spark, path, first) == {"customer_id", "ts", "tx_date"}  # what reads filter on
     # The next export, under a new file name, changes one April line.
     renamed = tmp_path / "snapshot-2.csv"
     renamed.write_text(GOOD + april.replace("a3,c3,2025-04-04 09:00:00,p0,1,7.0", "a3,c3,2025-04-04 09:00:00,p0,2,7.0"))
@@ -165,6 +169,7 @@ def test_a_snapshot_rewrites_only_the_months_whose_lines_changed(spark, tmp_path
     assert last == first + 1
     commit = store.history(Table.TRANSACTIONS_CLEAN, 1).first()
     assert commit.operation == "WRITE" and "tx_month" in commit.operationParameters["predicate"]
+    assert statistics_columns(spark, path, last) == {"customer_id", "ts", "tx_date"}  # the table keeps its setting
     clean = store.read(Table.TRANSACTIONS_CLEAN)
     months = clean.select("tx_month", "ingest_run_id", F.element_at(F.split("source_file", "/"), -1)).distinct()
     lineage = {(r[0].month, r[1], r[2]) for r in months.collect()}

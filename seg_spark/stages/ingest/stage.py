@@ -35,6 +35,10 @@ log = logging.getLogger(__name__)
 # (a snapshot exported daily under a new file name is still the same lines).
 LINEAGE_COLUMNS = ("ingest_run_id", "source_file")
 CHANGE_FEED = {"delta.enableChangeDataFeed": "true"}
+# Statistics only on the columns reads filter on (forget: customer_id; the daily refresh: tx_date
+# within a month partition): collecting them for all 32 leading columns made the write a quarter
+# slower (1M lines, warm: 5.5 s against 4.2 s).
+CLEAN_PROPERTIES = {**CHANGE_FEED, "delta.dataSkippingStatsColumns": f"customer_id,ts,{TX_DATE}"}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -251,7 +255,7 @@ def _replace_changed_months(store: TableStore, dated: DataFrame) -> bool:
     stored = store.read(Table.TRANSACTIONS_CLEAN) if by_month else None
     if stored is None or _columns(stored) != _columns(dated):  # no table, an earlier layout or other columns
         # Written whole, with the change feed on in the same commit (rather than in one of its own after it).
-        store.overwrite(Table.TRANSACTIONS_CLEAN, dated, partition_by=[TX_MONTH], table_properties=CHANGE_FEED)
+        store.overwrite(Table.TRANSACTIONS_CLEAN, dated, partition_by=[TX_MONTH], table_properties=CLEAN_PROPERTIES)
         return True
     months = changed_months(dated, stored)
     if not months:
