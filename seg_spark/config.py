@@ -650,6 +650,13 @@ class ChurnSettings(_Strict):
         "each fit is a chain of short jobs, one per iteration, that leaves cores idle. The results do not "
         "depend on it.",
     )
+    rows_per_partition: int = Field(
+        default=100_000,
+        ge=1,
+        description="Training and evaluation rows per partition (at most one partition per core): every "
+        "iteration, and every tree level, is a job of one task per partition, and on a few thousand rows "
+        "the tasks cost more than the arithmetic.",
+    )
     seed: int = 42
 
 

@@ -107,6 +107,25 @@ def test_out_of_time_metrics_equal_scikit_learn_on_the_same_probabilities(spark,
     assert result.importances[0]["feature"] == "recency_days"
 
 
+def test_compacted_rows_give_the_same_models_in_fewer_partitions(spark, frames, one_after_another):
+    training, evaluation = frames
+    slots = spark.sparkContext.defaultParallelism
+    assert training.rdd.getNumPartitions() == slots == 2
+    assert churn.compacted(training, 600, 1_000).rdd.getNumPartitions() == 1
+    assert churn.compacted(training, 600, 250).rdd.getNumPartitions() == 2  # three wanted, one per slot at most
+    settings = load_config([], ["predict.churn.gbt_max_iter=5"]).predict.churn
+    compact = churn.evaluate_candidates(
+        churn.compacted(training, 600, 1_000),
+        churn.compacted(evaluation, 400, 1_000),
+        churn.feature_columns(training),
+        settings,
+    )
+    for result in compact:
+        alone = one_after_another[result.model]
+        assert (result.auc_roc, result.auc_pr) == pytest.approx((alone.auc_roc, alone.auc_pr), rel=1e-9)
+        assert [i["feature"] for i in result.importances] == [i["feature"] for i in alone.importances]
+
+
 def test_candidates_fitted_side_by_side_equal_those_fitted_one_after_another(frames, one_after_another):
     side_by_side = _candidates(frames, parallel_fits=2)
     assert [result.model for result in side_by_side] == ["logistic_regression", "gbt"]  # the configured order

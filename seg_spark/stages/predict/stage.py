@@ -369,7 +369,12 @@ def _churn(ctx: RunContext, daily: DataFrame, current: DataFrame, as_of: date) -
         )
         if training_rows > settings.max_training_rows:
             training = training.sample(fraction=settings.max_training_rows / training_rows, seed=settings.seed)
-        evaluations = churn.evaluate_candidates(training, evaluation, columns, settings)
+        evaluations = churn.evaluate_candidates(
+            churn.compacted(training, min(training_rows, settings.max_training_rows), settings.rows_per_partition),
+            churn.compacted(evaluation, sum(counts["evaluation"]), settings.rows_per_partition),
+            columns,
+            settings,
+        )
     finally:
         training.unpersist()
         evaluation.unpersist()
