@@ -151,6 +151,25 @@ def test_a_run_failing_in_features_rolls_back_its_ingest_and_is_recorded_with_it
         run_pipeline(spark, settings, ["features"])
 
 
+def test_appended_batches_get_the_change_feed_and_statistics_a_snapshot_gets(spark, tmp_path):
+    first, second = tmp_path / "day-1.csv", tmp_path / "day-2.csv"
+    first.write_text(GOOD)
+    second.write_text(
+        HEADER + "".join(f"b{i},c{i % 7},2025-04-{1 + i % 20:02d} 09:00:00,p{i % 3},1,{4.0 + i}\n" for i in range(20))
+    )
+    for source, run_id in ((first, "day-1"), (second, "day-2")):
+        run_pipeline(spark, _settings(tmp_path, source, run_id, "sources.transactions.mode=append"), ["ingest"])
+    store = TableStore(spark, _settings(tmp_path, second, "day-2"))
+    path = store.path(Table.TRANSACTIONS_CLEAN)
+    # One commit per batch: the first created the table with its properties, the second appended.
+    assert store.version(Table.TRANSACTIONS_CLEAN) == 1
+    assert [r.operation for r in store.history(Table.TRANSACTIONS_CLEAN, 2).collect()] == ["WRITE", "WRITE"]
+    assert dict(spark.sql(f"SHOW TBLPROPERTIES delta.`{path}`").collect())["delta.enableChangeDataFeed"] == "true"
+    assert [statistics_columns(spark, path, v) for v in (0, 1)] == [{"customer_id", "ts", "tx_date"}] * 2
+    assert store.read(Table.TRANSACTIONS_CLEAN).count() == 60
+    assert {d.month for d in changed_days(store, 1, 1)} == {4}  # the second batch's days, from the change feed
+
+
 def test_a_snapshot_rewrites_only_the_months_whose_lines_changed(spark, tmp_path):
     source = tmp_path / "snapshot.csv"
     april = "".join(f"a{i},c{i % 7},2025-04-{1 + i % 20:02d} 09:00:00,p{i % 3},1,{4.0 + i}\n" for i in range(20))
