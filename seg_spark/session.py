@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
 
 from seg_spark.config import SparkSettings
 
@@ -102,6 +102,16 @@ def task_slots(spark: SparkSession) -> int:
     if threads is None:
         return 1
     return os.cpu_count() or 1 if threads == "*" else max(int(threads), 1)
+
+
+def compacted(frame: DataFrame, rows: int, rows_per_partition: int) -> DataFrame:
+    """``frame`` (about ``rows`` rows) in one partition per ``rows_per_partition`` rows, at most one per task slot.
+
+    MLlib runs a job per iteration (or per tree level) of one task per partition: on a few
+    thousand rows the tasks, not the arithmetic, are the cost (the demo's 4,288 churn training
+    rows in sixteen partitions: 23 s and 35 s to fit, in one 8 s and 17 s, the same models).
+    """
+    return frame.coalesce(max(1, min(task_slots(frame.sparkSession), -(-rows // rows_per_partition))))
 
 
 def _jar_cache(packages: str) -> Path:

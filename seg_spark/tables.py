@@ -499,14 +499,20 @@ class TableStore:
 
     def set_property(self, table: Table, key: str, value: str) -> None:
         """Set a Delta table property; no commit when it already has that value."""
+        self.set_properties(table, {key: value})
+
+    def set_properties(self, table: Table, properties: Mapping[str, str]) -> None:
+        """Set Delta table properties in one commit; no commit when the table has them all already."""
         location = self._sql_name(table)
-        properties = self.spark.sql(f"SHOW TBLPROPERTIES {location}").collect()
-        if any(r["key"] == key and r["value"] == value for r in properties):
+        current = {r["key"]: r["value"] for r in self.spark.sql(f"SHOW TBLPROPERTIES {location}").collect()}
+        missing = {key: value for key, value in properties.items() if current.get(key) != value}
+        if not missing:
             return
-        statement = f"ALTER TABLE {location} SET TBLPROPERTIES ({sql_literal(key)} = {sql_literal(value)})"
+        listed = ", ".join(f"{sql_literal(key)} = {sql_literal(value)}" for key, value in missing.items())
+        statement = f"ALTER TABLE {location} SET TBLPROPERTIES ({listed})"
         self.committed.add(table)
         with self._commit_metadata():
-            self._committing(table, f"setting {key}", lambda: self.spark.sql(statement))
+            self._committing(table, f"setting {', '.join(missing)}", lambda: self.spark.sql(statement))
 
     def _sql_name(self, table: Table) -> str:
         """The table by path in SQL: ``delta.`<location>``` with backquotes escaped."""

@@ -139,17 +139,6 @@ def churn_probability(model: PipelineModel) -> Callable[[DataFrame], DataFrame]:
     return transform
 
 
-def compacted(frame: DataFrame, rows: int, rows_per_partition: int) -> DataFrame:
-    """``frame`` in one partition per ``rows_per_partition`` rows, at most one per task slot.
-
-    MLlib runs a job per iteration (logistic regression) or per tree level (boosted trees),
-    of one task per partition: the demo's 4,288 training rows in sixteen partitions took 23 s
-    and 35 s to fit, in one 8 s and 17 s, for the same models.
-    """
-    slots = frame.sparkSession.sparkContext.defaultParallelism
-    return frame.coalesce(max(1, min(slots, -(-rows // rows_per_partition))))
-
-
 def evaluate_candidates(
     training: DataFrame, evaluation: DataFrame, columns: Sequence[str], settings: ChurnSettings
 ) -> tuple[Evaluation, ...]:

@@ -45,7 +45,7 @@ from seg_spark.models import clustering, local_kmeans, metrics
 from seg_spark.models.local_kmeans import LocalKMeans
 from seg_spark.models.prep import FEATURES_COL, Preparation
 from seg_spark.models.validation import ari_from_cells, best_jaccard, cells_of, contingency
-from seg_spark.session import task_slots
+from seg_spark.session import compacted, task_slots
 
 log = logging.getLogger(__name__)
 
@@ -404,9 +404,10 @@ def segment(spark: SparkSession, data: DataFrame, features: Sequence[str], setti
         # the tasks, not the arithmetic, are the cost (3,000 rows: 0.7 s a fit in one
         # partition, 2.7 s in eight), so small samples get few partitions.
         expected_rows = min(vectors.count(), selection.sample_rows)
-        partitions = min(slots, -(-expected_rows // selection.rows_per_partition))
         frame = stratified_sample(vectors, selection.sample_rows, selection.strata, settings.seed)
-        sample_frame = frame.coalesce(max(partitions, 1)).persist(StorageLevel.MEMORY_AND_DISK)
+        sample_frame = compacted(frame, expected_rows, selection.rows_per_partition).persist(
+            StorageLevel.MEMORY_AND_DISK
+        )
         sample_rows = sample_frame.count()
         algorithms = (selection.algorithms or (settings.algorithm,)) if selection.enabled else (settings.algorithm,)
         # In customer order: the driver's K-Means starts then depend on the customers alone,

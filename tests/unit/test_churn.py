@@ -10,6 +10,7 @@ from sklearn.metrics import roc_auc_score
 
 from seg_spark.config import load_config
 from seg_spark.models import churn
+from seg_spark.session import compacted
 
 AS_OF = date(2026, 6, 1)
 
@@ -111,12 +112,12 @@ def test_compacted_rows_give_the_same_models_in_fewer_partitions(spark, frames, 
     training, evaluation = frames
     slots = spark.sparkContext.defaultParallelism
     assert training.rdd.getNumPartitions() == slots == 2
-    assert churn.compacted(training, 600, 1_000).rdd.getNumPartitions() == 1
-    assert churn.compacted(training, 600, 250).rdd.getNumPartitions() == 2  # three wanted, one per slot at most
+    assert compacted(training, 600, 1_000).rdd.getNumPartitions() == 1
+    assert compacted(training, 600, 250).rdd.getNumPartitions() == 2  # three wanted, one per slot at most
     settings = load_config([], ["predict.churn.gbt_max_iter=5"]).predict.churn
     compact = churn.evaluate_candidates(
-        churn.compacted(training, 600, 1_000),
-        churn.compacted(evaluation, 400, 1_000),
+        compacted(training, 600, 1_000),
+        compacted(evaluation, 400, 1_000),
         churn.feature_columns(training),
         settings,
     )

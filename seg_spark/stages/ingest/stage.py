@@ -220,9 +220,8 @@ def _write_transactions(ctx: RunContext, clean: DataFrame, *, mode: str) -> None
             store.overwrite(Table.TRANSACTIONS_CLEAN, dated, partition_by=[TX_MONTH], table_properties=CLEAN_PROPERTIES)
     elif not _replace_changed_months(store, dated):
         return
-    # A table written before a property was set gets it (no commit when it has it already).
-    for key, value in CLEAN_PROPERTIES.items():
-        store.set_property(Table.TRANSACTIONS_CLEAN, key, value)
+    # A table written before a property was set gets it (no commit when it has them all already).
+    store.set_properties(Table.TRANSACTIONS_CLEAN, CLEAN_PROPERTIES)
 
 
 def month_digests(lines: DataFrame) -> DataFrame:

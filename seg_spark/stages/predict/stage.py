@@ -48,6 +48,7 @@ from seg_spark.models.clv import (
     require_converged,
     triple_forecasts,
 )
+from seg_spark.session import compacted
 from seg_spark.stages import StageResult, assignments_of, features_of
 from seg_spark.stages.predict.schema import (
     SEGMENT_SCORES,
@@ -370,8 +371,8 @@ def _churn(ctx: RunContext, daily: DataFrame, current: DataFrame, as_of: date) -
         if training_rows > settings.max_training_rows:
             training = training.sample(fraction=settings.max_training_rows / training_rows, seed=settings.seed)
         evaluations = churn.evaluate_candidates(
-            churn.compacted(training, min(training_rows, settings.max_training_rows), settings.rows_per_partition),
-            churn.compacted(evaluation, sum(counts["evaluation"]), settings.rows_per_partition),
+            compacted(training, min(training_rows, settings.max_training_rows), settings.rows_per_partition),
+            compacted(evaluation, sum(counts["evaluation"]), settings.rows_per_partition),
             columns,
             settings,
         )
