@@ -22,7 +22,7 @@ from pyspark.sql import functions as F
 from seg_spark.config import Settings, load_config
 from seg_spark.stages.explain.report import report_path
 
-from conftest import BACKGROUND, SHORT_JVM
+from conftest import BACKGROUND, SHORT_JVM_COMPILED
 
 REPO = Path(__file__).resolve().parents[2]
 DATA = REPO.parent / "shared" / "data" / "online_retail.csv.gz"
@@ -66,7 +66,7 @@ def run_retail() -> RetailRun:
         return RetailRun(root, None)
     command = ["nice", "-n", "19", sys.executable, "-m", "seg_spark.cli", "run", "--config", str(CONFIG)]
     command += [arg for item in _overrides(root) for arg in ("--set", item)]
-    return RetailRun(root, subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=SHORT_JVM))
+    return RetailRun(root, subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=SHORT_JVM_COMPILED))
 
 
 pytestmark = [pytest.mark.slow, pytest.mark.background.with_args(run_retail)]
