@@ -34,6 +34,7 @@ from seg_spark.config import FeatureSettings, GeneratorSettings, QualitySettings
 from seg_spark.features import store
 from seg_spark.features.behaviour import derive_features, features_from_state, mix_keys
 from seg_spark.session import get_spark
+from seg_spark.stages.ingest.stage import CHANGE_FEED
 from seg_spark.synth import write_generated
 from seg_spark.tables import Table, TableStore
 
@@ -75,7 +76,7 @@ def main() -> None:
         )
         tables.overwrite(Table.TRANSACTIONS_CLEAN, store.with_tx_date(result.clean), partition_by=[store.TX_MONTH])
         result.release()
-        tables.enable_change_feed(Table.TRANSACTIONS_CLEAN)
+        tables.set_properties(Table.TRANSACTIONS_CLEAN, CHANGE_FEED)  # as the ingest stage does
         # The last day is held back (staged as Parquet) to be appended as the "new day".
         tables.read(Table.TRANSACTIONS_CLEAN).filter(is_last_day).write.mode("overwrite").parquet(staged)
     # A rerun too: put the clean table back to history only.

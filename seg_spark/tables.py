@@ -493,10 +493,6 @@ class TableStore:
                 self._committing(table, "adding columns", partial(self.spark.sql, statement))
         return list(missing)
 
-    def enable_change_feed(self, table: Table) -> None:
-        """Record the table's row changes (for incremental readers); no-op when already on."""
-        self.set_property(table, "delta.enableChangeDataFeed", "true")
-
     def set_property(self, table: Table, key: str, value: str) -> None:
         """Set a Delta table property; no commit when it already has that value."""
         self.set_properties(table, {key: value})

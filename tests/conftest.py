@@ -44,16 +44,15 @@ NO_CODEGEN_ARGS = [arg for key, value in NO_CODEGEN.items() for arg in ("--conf"
 # (C1 alone made 17 of its tests 34% slower: 301 s against 224 s).
 # The parallel collector, as in the in-process session: G1's concurrent threads cost CPU the suite lacks.
 SHORT_JVM_OPTIONS = "-XX:TieredStopAtLevel=1 -XX:ReservedCodeCacheSize=240m -XX:+UseParallelGC"
-SHORT_JVM = {
-    **os.environ,
-    "JAVA_TOOL_OPTIONS": SHORT_JVM_OPTIONS,
-    # Read by PySpark when it launches its JVM (the notebook, ``seg-spark`` processes, the harness's runs).
-    "PYSPARK_SUBMIT_ARGS": " ".join([*NO_CODEGEN_ARGS, "pyspark-shell"]),
-}
 # A subprocess on real volume (the Online Retail log, 541,909 lines) keeps code generation: its
 # interpreted expressions cost more than compiling them (cold runs: 202 CPU-seconds with C1 and code
 # generation, 314 with SHORT_JVM, 232 with the JVM's defaults).
 SHORT_JVM_COMPILED = {**os.environ, "JAVA_TOOL_OPTIONS": SHORT_JVM_OPTIONS}
+SHORT_JVM = {
+    **SHORT_JVM_COMPILED,
+    # Read by PySpark when it launches its JVM (the notebook, ``seg-spark`` processes, the harness's runs).
+    "PYSPARK_SUBMIT_ARGS": " ".join([*NO_CODEGEN_ARGS, "pyspark-shell"]),
+}
 
 # Subprocess jobs (spark-submit, the benchmark harness) spend most of their time starting JVMs; they
 # run in these threads, side by side and at the lowest priority, while the in-process tests run,

@@ -11,6 +11,7 @@ from seg_spark.features import store
 from seg_spark.features.behaviour import customer_features, features_from_state, mix_keys
 from seg_spark.features.daily import daily_aggregates
 from seg_spark.features.state import advance_state, state_from_daily
+from seg_spark.stages.ingest.stage import CHANGE_FEED
 from seg_spark.tables import Table, TableStore
 
 from conftest import statistics_columns
@@ -82,7 +83,7 @@ def test_incremental_refreshes_equal_a_full_recompute(spark, lines, tmp_path):
 
     def append(batch: DataFrame) -> store.RefreshResult:
         tables.append(Table.TRANSACTIONS_CLEAN, store.with_tx_date(batch), partition_by=[store.TX_MONTH])
-        tables.enable_change_feed(Table.TRANSACTIONS_CLEAN)
+        tables.set_properties(Table.TRANSACTIONS_CLEAN, CHANGE_FEED)  # as the ingest stage does
         return store.refresh_daily(tables, refresh="incremental", run_id="t", now=NOW)
 
     def features_as_of(as_of: date) -> tuple[DataFrame, store.StateResult]:
@@ -152,7 +153,7 @@ def test_a_replaced_snapshot_triggers_a_full_refresh(spark, lines, tmp_path):
     tables = table_store(spark, tmp_path)
     for _ in range(2):
         tables.overwrite(Table.TRANSACTIONS_CLEAN, store.with_tx_date(lines), partition_by=[store.TX_MONTH])
-        tables.enable_change_feed(Table.TRANSACTIONS_CLEAN)
+        tables.set_properties(Table.TRANSACTIONS_CLEAN, CHANGE_FEED)  # as the ingest stage does
         result = store.refresh_daily(tables, refresh="incremental", run_id="t", now=NOW)
     assert result.mode == "full" and "replaced" in result.reason
     daily = tables.path(Table.CUSTOMER_DAILY)
