@@ -80,42 +80,77 @@ def _run_stages(ctx: RunContext, names: Sequence[str]) -> tuple[dict[str, StageR
     resume = ctx.manifest.mlflow_run_id(ctx.run_id)
     with ctx.tracker.run(f"pipeline-{ctx.run_id[:8]}", tags, resume=resume) as mlflow_run_id:
         ctx = replace(ctx, mlflow_run_id=mlflow_run_id)
+        record = None  # the next stage's row, when the stage before it wrote it with its own end
         for step, name in enumerate(names, start=1):
             log.info("[%d/%d] %s (run %s)", step, len(names), name, ctx.run_id)
-            results[name] = run_stage(ctx, name)
+            following = names[step] if step < len(names) else None
+            results[name], record = run_stage(ctx, name, record, following)
     return results, mlflow_run_id
 
 
-def run_stage(ctx: RunContext, name: str) -> StageResult:
+def run_stage(
+    ctx: RunContext, name: str, record: StageRecord | None = None, following: str | None = None
+) -> tuple[StageResult, StageRecord | None]:
     """Run one stage, recorded in ``pipeline_runs`` (running, then succeeded or failed with the error).
 
-    A failure rolls back the whole attempt (this stage and the ones before it in this call).
+    A failure rolls back the whole attempt (this stage and the ones before it in this call). In a
+    run of several stages the stage before writes this one's ``running`` row with its own end, in
+    one commit (one commit per stage, not two).
+
+    Args:
+        ctx: The run.
+        name: The stage.
+        record: This stage's ``running`` row, when the stage before wrote it.
+        following: The stage to run next in this call: its ``running`` row is written with this one's end.
+
+    Returns:
+        The stage's result and the following stage's ``running`` row (None: none was written).
 
     Raises:
         StageInputError: An earlier stage of the run was rolled back, so this one's input is not the run's.
     """
     run = entry_point(name)
-    upstream = STAGE_NAMES[: STAGE_NAMES.index(name)]
-    undone = ctx.manifest.rolled_back(ctx.run_id, upstream)
+    if record is None:
+        _check_upstream(ctx, name)
+        record = ctx.manifest.started(ctx.run_id, name, ctx.mlflow_run_id, ctx.attempt_id)
+    started = time.monotonic()
+    stage_ctx = replace(ctx, store=ctx.store.tagged(stage=name))
+    try:
+        result = run(stage_ctx)
+        # Before the stage is recorded succeeded: after that, the next stage may be recorded running.
+        ctx.tracker.log_metrics(result.metrics)
+        ctx.store.register((*result.tables, Table.PIPELINE_RUNS))
+    except BaseException as exc:
+        _fail(ctx, record, exc)
+        raise
+    as_of, rows_in, rows_out = result.as_of_date, result.rows_in, result.rows_out
+    handed_to = None
+    if following is not None and _undone_upstream(ctx, following) is None:
+        handed_to = ctx.manifest.handed_over(record, following, as_of_date=as_of, rows_in=rows_in, rows_out=rows_out)
+    else:  # the last stage, or the next one will refuse to start
+        ctx.manifest.finished(record, as_of_date=as_of, rows_in=rows_in, rows_out=rows_out)
+    log.info("    %s done in %.1fs", name, time.monotonic() - started)
+    return result, handed_to
+
+
+def _undone_upstream(ctx: RunContext, name: str) -> StageRecord | None:
+    """The first stage before ``name`` whose row in the run says ``rolled_back`` (None: none does)."""
+    return ctx.manifest.rolled_back(ctx.run_id, STAGE_NAMES[: STAGE_NAMES.index(name)])
+
+
+def _check_upstream(ctx: RunContext, name: str) -> None:
+    """Refuse to start ``name`` when an earlier stage of its run was rolled back.
+
+    Raises:
+        StageInputError: Its input would be the previous run's tables.
+    """
+    undone = _undone_upstream(ctx, name)
     if undone is not None:
         raise StageInputError(
             f"the {undone.stage} stage of run {ctx.run_id} was rolled back when its attempt failed, so the "
             f"{name} stage would read the previous run's tables: rerun from {undone.stage} "
             f"(seg-spark run --run-id {ctx.run_id}), or start a new run"
         )
-    started = time.monotonic()
-    record = ctx.manifest.started(ctx.run_id, name, ctx.mlflow_run_id, ctx.attempt_id)
-    stage_ctx = replace(ctx, store=ctx.store.tagged(stage=name))
-    try:
-        result = run(stage_ctx)
-    except BaseException as exc:
-        _fail(ctx, record, exc)
-        raise
-    ctx.manifest.finished(record, as_of_date=result.as_of_date, rows_in=result.rows_in, rows_out=result.rows_out)
-    ctx.tracker.log_metrics(result.metrics)
-    ctx.store.register((*result.tables, Table.PIPELINE_RUNS))
-    log.info("    %s done in %.1fs", name, time.monotonic() - started)
-    return result
 
 
 def _roll_back(ctx: RunContext, attempt_id: str) -> str:

@@ -73,6 +73,27 @@ def _row(record: StageRecord) -> tuple:
     )
 
 
+def _ended(
+    record: StageRecord,
+    ended: datetime,
+    as_of_date: date | None,
+    rows_in: int | None,
+    rows_out: int | None,
+    error: str | None,
+) -> StageRecord:
+    """``record`` ended at ``ended``: failed when ``error`` is given, otherwise succeeded."""
+    return replace(
+        record,
+        status=FAILED if error is not None else SUCCEEDED,
+        as_of_date=as_of_date,
+        ended_at=ended,
+        seconds=(ended - record.started_at).total_seconds(),
+        rows_in=rows_in,
+        rows_out=rows_out,
+        error=error,
+    )
+
+
 class RunManifest:
     """Reads and writes ``pipeline_runs`` through the table store.
 
@@ -96,15 +117,17 @@ class RunManifest:
         known[record.stage] = record
 
     def write_many(self, records: Sequence[StageRecord]) -> None:
-        """Replace existing rows (of any runs) in one commit."""
+        """Insert or replace rows (of any runs) in one commit."""
         if not records:
             return
-        runs = where_in("run_id", sorted({r.run_id for r in records}))
+        run_ids = sorted({r.run_id for r in records})
+        runs = where_in("run_id", run_ids)
         stages = where_in("stage", sorted({r.stage for r in records}))
         keys = {(r.run_id, r.stage) for r in records}
-        # The slice is a cross product of runs and stages: keep its other rows as they are.
-        others = self._store.read(Table.PIPELINE_RUNS).filter((runs & stages).column()).collect()
-        kept = [_record(row.asDict()) for row in others if (row["run_id"], row["stage"]) not in keys]
+        kept: list[StageRecord] = []
+        if len(run_ids) > 1:  # the slice is a cross product of runs and stages: keep its other rows as they are
+            others = self._store.read(Table.PIPELINE_RUNS).filter((runs & stages).column()).collect()
+            kept = [_record(row.asDict()) for row in others if (row["run_id"], row["stage"]) not in keys]
         rows = [_row(r) for r in [*records, *kept]]
         self._store.replace(Table.PIPELINE_RUNS, self._store.spark.createDataFrame(rows, RUNS_SCHEMA), runs & stages)
         for record in records:
@@ -135,19 +158,23 @@ class RunManifest:
         error: str | None = None,
     ) -> StageRecord:
         """Record how a started stage ended (failed when ``error`` is given)."""
-        ended = utc_now()
-        done = replace(
-            record,
-            status=FAILED if error is not None else SUCCEEDED,
-            as_of_date=as_of_date,
-            ended_at=ended,
-            seconds=(ended - record.started_at).total_seconds(),
-            rows_in=rows_in,
-            rows_out=rows_out,
-            error=error,
-        )
+        done = _ended(record, utc_now(), as_of_date, rows_in, rows_out, error)
         self.write(done)
         return done
+
+    def handed_over(
+        self, record: StageRecord, following: str, *, as_of_date: date | None, rows_in: int | None, rows_out: int | None
+    ) -> StageRecord:
+        """Record that a started stage succeeded and ``following`` started, in one commit; return the latter's record.
+
+        A run of several stages in one process changes hands this way: one commit per stage
+        rather than two, and never a moment where the run has neither stage running.
+        """
+        ended = utc_now()
+        done = _ended(record, ended, as_of_date, rows_in, rows_out, None)
+        started = replace(record, stage=following, started_at=ended)  # same run, attempt and MLflow run
+        self.write_many([done, started])
+        return started
 
     def records(self, run_id: str) -> list[StageRecord]:
         """Every stage row of a run, in start order."""

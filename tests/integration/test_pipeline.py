@@ -100,7 +100,9 @@ def test_the_run_manifest_records_every_stage(spark, e2e):
     assert (rows[4].rows_in, rows[4].rows_out) == (1500, e2e.stages["segment"].k)  # explained: one profile each
     assert {r.mlflow_run_id for r in rows} == {e2e.mlflow_run_id}
     assert all(r.started_at <= r.ended_at and r.seconds > 0 for r in rows)
-    assert all(earlier.ended_at <= later.started_at for earlier, later in zip(rows, rows[1:], strict=False))
+    # Each stage's end and the next one's start are one commit: the run made one per stage, plus its first start.
+    assert all(earlier.ended_at == later.started_at for earlier, later in zip(rows, rows[1:], strict=False))
+    assert spark.sql("DESCRIBE HISTORY seg_e2e.pipeline_runs").count() == len(rows) + 1
 
 
 def test_mlflow_run_has_config_metrics_and_a_loadable_model(spark, e2e, e2e_root):
