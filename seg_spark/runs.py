@@ -226,6 +226,8 @@ class RunManifest:
         if "attempt_id" not in runs.columns:  # a table written before attempts were recorded
             runs = runs.withColumn("attempt_id", F.lit(None).cast("string"))
         running = runs.filter(where(status=RUNNING).column()).select("attempt_id").distinct().collect()
+        if not running:  # the usual start: nothing to roll back, and no second read
+            return []
         attempts = sorted({row["attempt_id"] for row in running if row["attempt_id"]})
         outcomes = {a: roll_back(a) for a in attempts}
         touched = runs.filter(where(status=RUNNING).column() | runs["attempt_id"].isin(attempts)).collect()
