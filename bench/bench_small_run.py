@@ -4,15 +4,17 @@
 
 Runs the whole pipeline ``--runs`` times in one ``local[2]`` session (2 shuffle partitions,
 as the test suite's session), each into a fresh warehouse over the same generated demo
-(180 days, sweep k = 5..7, two stability bootstraps), and records each run's seconds. The
-first run pays the JVM's warm-up; the later ones are what each further run of a test suite
-or of a long-lived driver costs. Small runs are dominated by per-query and per-commit cost,
-not by data, so this measures the engine's fixed costs.
+(180 days, sweep k = 5..7, two stability bootstraps), and records each run's seconds and the
+Delta commits it made, by table (read from each table's ``_delta_log``). The first run pays the
+JVM's warm-up; the later ones are what each further run of a test suite or of a long-lived
+driver costs. Small runs are dominated by per-query and per-commit cost, not by data, so this
+measures the engine's fixed costs.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -22,6 +24,17 @@ from record import record  # bench/record.py: the script's folder is on sys.path
 from seg_spark.config import SparkSettings, load_config
 from seg_spark.pipeline import run_pipeline
 from seg_spark.session import get_spark
+
+COMMIT_FILE = re.compile(r"\d{20}\.json")
+
+
+def commits_by_table(warehouse: Path) -> dict[str, int]:
+    """Commits each Delta table under ``warehouse`` holds (one JSON file per commit in its log)."""
+    counts = {
+        log.parent.name: sum(1 for f in log.iterdir() if COMMIT_FILE.fullmatch(f.name))
+        for log in warehouse.glob("*/_delta_log")
+    }
+    return dict(sorted(counts.items()))
 
 
 def main() -> None:
@@ -42,7 +55,7 @@ def main() -> None:
             conf={"spark.sql.warehouse.dir": str(root / "spark-warehouse"), **conf},
         )
     )
-    seconds = []
+    seconds, commits = [], {}
     for run in range(args.runs):
         settings = load_config(
             [],
@@ -63,9 +76,10 @@ def main() -> None:
         started = time.monotonic()
         run_pipeline(spark, settings)
         seconds.append(round(time.monotonic() - started, 1))
-        print(f"run {run + 1}/{args.runs}: {seconds[-1]} s", flush=True)
+        commits = commits_by_table(root / f"run{run}" / "warehouse")
+        print(f"run {run + 1}/{args.runs}: {seconds[-1]} s, {sum(commits.values())} Delta commits", flush=True)
     spark.stop()
-    record("small_run", {"customers": args.customers, "conf": conf, "seconds": seconds})
+    record("small_run", {"customers": args.customers, "conf": conf, "seconds": seconds, "commits": commits})
 
 
 if __name__ == "__main__":
