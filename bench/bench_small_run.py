@@ -5,10 +5,10 @@
 Runs the whole pipeline ``--runs`` times in one ``local[2]`` session (2 shuffle partitions,
 as the test suite's session), each into a fresh warehouse over the same generated demo
 (180 days, sweep k = 5..7, two stability bootstraps), and records each run's seconds and the
-Delta commits it made, by table (read from each table's ``_delta_log``). The first run pays the
-JVM's warm-up; the later ones are what each further run of a test suite or of a long-lived
-driver costs. Small runs are dominated by per-query and per-commit cost, not by data, so this
-measures the engine's fixed costs.
+last run's Delta commits by table (read from each table's ``_delta_log``; every run makes the
+same). The first run pays the JVM's warm-up; the later ones are what each further run of a test
+suite or of a long-lived driver costs. Small runs are dominated by per-query and per-commit
+cost, not by data, so this measures the engine's fixed costs.
 """
 
 from __future__ import annotations

@@ -50,7 +50,8 @@ SHORT_JVM_OPTIONS = "-XX:TieredStopAtLevel=1 -XX:ReservedCodeCacheSize=240m -XX:
 SHORT_JVM_COMPILED = {**os.environ, "JAVA_TOOL_OPTIONS": SHORT_JVM_OPTIONS}
 SHORT_JVM = {
     **SHORT_JVM_COMPILED,
-    # Read by PySpark when it launches its JVM (the notebook, ``seg-spark`` processes, the harness's runs).
+    # Read by PySpark when it launches its JVM: the ``seg-spark`` processes (the harness's runs, the Thrift
+    # server, the killed publish).
     "PYSPARK_SUBMIT_ARGS": " ".join([*NO_CODEGEN_ARGS, "pyspark-shell"]),
 }
 

@@ -17,10 +17,14 @@ REPO = Path(__file__).resolve().parents[2]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 
 
-def run_notebook(notebook: Path) -> dict:
-    """Execute the notebook's code cells, in order, in one fresh namespace; return the namespace."""
+def notebook_code(notebook: Path) -> str:
+    """The notebook's code cells, in order, as one script."""
     cells = json.loads(notebook.read_text(encoding="utf-8"))["cells"]
-    code = "\n\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
+    return "\n\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
+
+
+def run_notebook(notebook: Path, code: str) -> dict:
+    """Execute ``code`` (the notebook's) in one fresh namespace; return the namespace."""
     namespace: dict = {"__name__": "__main__"}
     exec(compile(code, str(notebook), "exec"), namespace)  # noqa: S102 - the notebook is the repository's own
     return namespace
@@ -29,9 +33,9 @@ def run_notebook(notebook: Path) -> dict:
 @pytest.mark.slow
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_runs(spark, notebook):
-    code = "".join("".join(c["source"]) for c in json.loads(notebook.read_text())["cells"] if c["cell_type"] == "code")
+    code = notebook_code(notebook)
     assert "import seg_spark" in code or "from seg_spark" in code
-    namespace = run_notebook(notebook)  # the notebook asserts its own results as it goes
+    namespace = run_notebook(notebook, code)  # the notebook asserts its own results as it goes
     try:
         assert namespace["result"].stages["segment"].metrics["truth_adjusted_rand_index"] > 0.6
         assert namespace["spark"] is spark  # it reused the session rather than starting another
