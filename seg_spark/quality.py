@@ -269,7 +269,7 @@ def _bookkeeping(raw: DataFrame) -> list[Column]:
     return [
         F.struct(*[F.col(f"`{c}`") for c in original]).alias(_RAW),
         malformed_text.alias(_RAW_TEXT),
-        (F.col(CORRUPT_RECORD).isNotNull() if CORRUPT_RECORD in raw.columns else F.lit(False)).alias("_malformed"),
+        malformed_text.isNotNull().alias("_malformed"),
         F.col(_COPIES) if _COPIES in raw.columns else F.lit(1).cast("long").alias(_COPIES),
         F.col(_SOURCE_FILE) if _SOURCE_FILE in raw.columns else F.lit(None).cast("string").alias(_SOURCE_FILE),
     ]
